@@ -1,0 +1,78 @@
+"""Sampling completions from a policy through the env, with their reward and KL to a reference LM."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from agents.policy import LMActorCriticPolicy, next_token_logits
+from lm_gym.env import TextGenEnv
+
+
+@dataclass
+class Episode:
+    prompt: str
+    completion: str
+    reward: float  # the env's return (task reward only, no KL)
+    kl: float  # sum over tokens of log p(token) - log q(token): a sample of KL(policy || reference)
+    num_tokens: int
+
+
+@torch.no_grad()
+def sample_episodes(
+    policy: LMActorCriticPolicy,
+    env: TextGenEnv,
+    prompts: Sequence[str],
+    samples_per_prompt: int = 1,
+    reference: PreTrainedModel | None = None,
+    deterministic: bool = False,
+    batch_size: int = 64,
+) -> list[Episode]:
+    """Run one episode per (prompt, sample), batching the policy call across all running episodes."""
+    base = env.unwrapped
+    jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    episodes: list[Episode] = []
+    policy.set_training_mode(False)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        # Shallow copies share the tokenizer, reward and prompt list; reset() gives each its own episode state.
+        envs = [copy.copy(base) for _ in chunk]
+        obs = [e.reset(options={"prompt": prompt})[0] for e, prompt in zip(envs, chunk)]
+        returns, kls, done = np.zeros(len(chunk)), np.zeros(len(chunk)), np.zeros(len(chunk), dtype=bool)
+        while not done.all():
+            active = np.flatnonzero(~done)
+            batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy.device) for k in obs[0]}
+            distribution = policy.get_distribution(batch)
+            actions = distribution.get_actions(deterministic=deterministic)
+            if reference is not None:
+                ref_logits, _ = next_token_logits(reference, batch, policy.action_space.n)
+                ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
+                kls[active] += (distribution.log_prob(actions) - ref_log_probs).cpu().numpy()
+            for i, action in zip(active, actions.cpu().numpy()):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+                returns[i] += reward
+                done[i] = terminated or truncated
+        for i, e in enumerate(envs):
+            episodes.append(Episode(chunk[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens))
+    return episodes
+
+
+def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Mean/std of reward, mean KL and mean length over episodes."""
+    rewards = np.array([e.reward for e in episodes])
+    return {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "kl_mean": float(np.mean([e.kl for e in episodes])),
+        "length_mean": float(np.mean([e.num_tokens for e in episodes])),
+        "episodes": len(episodes),
+    }
+
+
+def episodes_to_dicts(episodes: Sequence[Episode]) -> list[dict]:
+    return [asdict(e) for e in episodes]

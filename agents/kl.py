@@ -1,0 +1,104 @@
+"""Per-token KL-to-reference reward shaping, with a fixed or adaptive coefficient."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from transformers import PreTrainedModel
+
+from agents.policy import LMActorCriticPolicy, next_token_logits
+
+
+class AdaptiveKLController:
+    """Proportional controller of the KL coefficient toward a target KL per episode (Ziegler et al., 2019).
+
+    After each rollout: ``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``.
+    """
+
+    def __init__(self, coef: float, target: float, horizon: int = 10_000):
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"target={target} and horizon={horizon} must be positive.")
+        self.coef, self.target, self.horizon = coef, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        error = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
+        self.coef *= 1.0 + error * n_steps / self.horizon
+
+
+class KLPenaltyCallback(BaseCallback):
+    """Subtract ``coef * KL(policy || initial LM)`` from every token's reward, then recompute advantages.
+
+    SB3 computes returns and advantages just before ``on_rollout_end``; this callback scores each stored
+    (observation, token) with a frozen reference LM, shapes the buffer's rewards and calls
+    ``compute_returns_and_advantage`` again, so stock PPO/A2C optimise ``reward - coef * KL``.
+    ``rollout/ep_rew_mean`` stays the task reward; ``kl/*`` entries go to SB3's logger.
+
+    Args:
+        coef: KL coefficient (the initial one when ``target`` is set).
+        target: target KL per episode, in nats; ``None`` keeps ``coef`` fixed.
+        horizon: the adaptive controller's horizon, in env steps.
+        estimator: ``"k1"`` (``log p - log q``, unbiased) or ``"k3"`` (``(r - 1) - log r``, ``r = q / p``,
+            never negative, lower variance).
+        batch_size: observations per reference forward.
+    """
+
+    def __init__(self, coef: float = 0.05, target: float | None = None, horizon: int = 10_000,
+                 estimator: str = "k1", batch_size: int = 512, verbose: int = 0):
+        super().__init__(verbose)
+        if coef < 0:
+            raise ValueError(f"coef={coef}: the KL coefficient cannot be negative.")
+        if estimator not in ("k1", "k3"):
+            raise ValueError(f"estimator={estimator!r}: choose 'k1' or 'k3'.")
+        self.controller = None if target is None else AdaptiveKLController(coef, target, horizon)
+        self._coef = coef
+        self.estimator, self.batch_size = estimator, batch_size
+        self.reference: PreTrainedModel | None = None
+
+    @property
+    def coef(self) -> float:
+        return self._coef if self.controller is None else self.controller.coef
+
+    def _on_training_start(self) -> None:
+        policy = self.model.policy
+        if not isinstance(policy, LMActorCriticPolicy):
+            raise TypeError(f"KLPenaltyCallback needs an LMActorCriticPolicy, got {type(policy).__name__}.")
+        if self.reference is None:
+            self.reference = policy.load_reference_model()
+
+    def _on_step(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def reference_log_probs(self, observations: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
+        """log q(action | observation) under the reference LM for flat arrays of N observations."""
+        device, n_actions = self.model.policy.device, self.model.action_space.n
+        out = np.empty(len(actions), dtype=np.float32)
+        for start in range(0, len(actions), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            obs = {key: torch.as_tensor(value[part], device=device) for key, value in observations.items()}
+            logits, _ = next_token_logits(self.reference, obs, n_actions)
+            chosen = torch.as_tensor(actions[part], device=device).long().view(-1, 1)
+            out[part] = logits.log_softmax(-1).gather(1, chosen).squeeze(1).cpu().numpy()
+        return out
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        n_steps, n_envs = buffer.rewards.shape
+        flat = {key: value.reshape(n_steps * n_envs, -1) for key, value in buffer.observations.items()}
+        ref_log_probs = self.reference_log_probs(flat, buffer.actions.reshape(-1)).reshape(n_steps, n_envs)
+        log_ratio = buffer.log_probs - ref_log_probs  # log p(a|s) - log q(a|s), per token
+        kl = log_ratio if self.estimator == "k1" else np.expm1(-log_ratio) + log_ratio
+        coef = self.coef
+        buffer.rewards -= coef * kl
+        buffer.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+
+        # Episodes in this rollout: each episode start, plus the ones already running when it began.
+        episodes = max(1.0, float(buffer.episode_starts[1:].sum() + n_envs))
+        kl_per_episode = float(kl.sum() / episodes)
+        if self.controller is not None:
+            self.controller.update(kl_per_episode, n_steps * n_envs)
+        self.logger.record("kl/per_token", float(kl.mean()))
+        self.logger.record("kl/per_episode", kl_per_episode)
+        self.logger.record("kl/coef", coef)
+        self.logger.record("kl/penalty_per_episode", coef * kl_per_episode)

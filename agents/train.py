@@ -1,0 +1,128 @@
+"""One training run: build the env and the algorithm, train with KL shaping, report before/after, save."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+
+from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
+from agents.kl import KLPenaltyCallback
+from agents.policy import LMActorCriticPolicy
+from lm_gym.env import TextGenEnv
+from lm_gym.prompts import HELDOUT_PROMPTS, load_prompts
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; the CLI flags map one to one onto these fields."""
+
+    algo: str = "ppo"
+    model: str | None = None  # None: the bundled tiny LM
+    reward: str = "sentiment"
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompts: str | None = None  # None: the bundled training prompts
+    eval_prompts: str | None = None  # None: the bundled held-out prompts
+    max_new_tokens: int = 16
+    steps: int = 49_152
+    n_envs: int = 8
+    n_steps: int = 64  # env steps per env per rollout
+    batch_size: int = 128
+    n_epochs: int = 4
+    learning_rate: float = 1e-4
+    gamma: float = 1.0  # finite episodes scored at the end: no discounting
+    kl_coef: float = 0.05
+    kl_target: float | None = None  # nats per episode; None keeps kl_coef fixed
+    seed: int = 0
+    device: str = "auto"
+    eval_samples: int = 8  # completions per held-out prompt, before and after
+    out: str = "runs"
+
+
+def make_algorithm(config: TrainConfig, env) -> BaseAlgorithm:
+    if config.algo not in ALGORITHMS:
+        raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
+    common = dict(learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
+                  seed=config.seed, device=config.device, policy_kwargs={"model": config.model})
+    if config.algo == "ppo":
+        return PPO(LMActorCriticPolicy, env, batch_size=config.batch_size, n_epochs=config.n_epochs, **common)
+    # A2C's default RMSprop(lr=7e-4) is tuned for small MLPs; an LM wants Adam at a fine-tuning rate.
+    common["policy_kwargs"].update(optimizer_class=torch.optim.Adam, optimizer_kwargs={"eps": 1e-5})
+    return A2C(LMActorCriticPolicy, env, **common)
+
+
+def new_run_dir(base: str | Path, algo: str) -> Path:
+    """A fresh directory under ``base``; an existing run is never reused or overwritten."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
+        path = Path(base) / f"{algo}-{stamp}{suffix}"
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new run directory under {base}")
+
+
+def train(config: TrainConfig, console: Console | None = None) -> Path:
+    """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
+    console = console or Console()
+    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs,
+                      prompts=config.prompts, max_new_tokens=config.max_new_tokens)
+    vec_env = make_vec_env("lm_gym:TextGen-v0", n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
+    algorithm = make_algorithm(config, vec_env)
+    policy: LMActorCriticPolicy = algorithm.policy
+    eval_env = TextGenEnv(**env_kwargs)
+    held_out = [p.text for p in load_prompts(config.eval_prompts or HELDOUT_PROMPTS)]
+    kl_callback = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
+    reference = kl_callback.reference = policy.load_reference_model()
+
+    def evaluate():
+        torch.manual_seed(config.seed)
+        episodes = sample_episodes(policy, eval_env, held_out, config.eval_samples, reference=reference)
+        return summarize(episodes), episodes
+
+    run_dir = new_run_dir(config.out, config.algo)
+    console.print(f"[bold]lm-gym train[/bold]: {config.algo} on TextGen-v0, reward={config.reward!r}, "
+                  f"model={config.model or 'bundled tiny LM'}, {config.steps} steps on {policy.device} -> {run_dir}")
+    before, before_episodes = evaluate()
+    start = time.perf_counter()
+    algorithm.learn(total_timesteps=config.steps, callback=kl_callback, progress_bar=True)
+    train_seconds = time.perf_counter() - start
+    after, after_episodes = evaluate()
+
+    table = Table(title=f"held-out prompts ({len(held_out)} x {config.eval_samples} samples)")
+    for column in ("", "reward", "KL to initial LM (nats)", "tokens"):
+        table.add_column(column)
+    for name, stats in (("before", before), ("after", after)):
+        table.add_row(name, f"{stats['reward_mean']:+.3f} ± {stats['reward_std']:.3f}", f"{stats['kl_mean']:.2f}",
+                      f"{stats['length_mean']:.1f}")
+    console.print(table)
+    samples = Table(title="samples (first per prompt)")
+    for column in ("prompt", "before", "after"):
+        samples.add_column(column)
+    for i in range(0, min(len(before_episodes), 4 * config.eval_samples), config.eval_samples):
+        b, a = before_episodes[i], after_episodes[i]
+        samples.add_row(b.prompt, f"{b.completion} [{b.reward:+.2f}]", f"{a.completion} [{a.reward:+.2f}]")
+    console.print(samples)
+
+    algorithm.save(run_dir / "model.zip")
+    policy.save_pretrained(run_dir / "lm")
+    summary = {"config": asdict(config), "train_seconds": train_seconds, "before": before, "after": after,
+               "samples_before": episodes_to_dicts(before_episodes), "samples_after": episodes_to_dicts(after_episodes)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"trained in {train_seconds:.0f} s; saved {run_dir}/model.zip (SB3), {run_dir}/lm (Hugging Face), "
+                  f"{run_dir}/summary.json")
+    return run_dir

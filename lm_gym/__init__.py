@@ -1,0 +1,38 @@
+"""lm-gym: RL fine-tuning of causal language models as a Gymnasium environment.
+
+Importing the package registers ``"TextGen-v0"``. In worker processes that never import ``lm_gym``
+(``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from lm_gym.env import TextGenEnv
+from lm_gym.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, load_prompts
+from lm_gym.rewards import (
+    REWARDS,
+    BleuReward,
+    ClassifierReward,
+    FunctionReward,
+    KeywordReward,
+    LengthReward,
+    RegexReward,
+    Reward,
+    RougeReward,
+    SentimentReward,
+    TargetWordReward,
+    make_reward,
+    register_reward,
+)
+
+__version__ = "0.1.0"
+
+if "TextGen-v0" not in registry:
+    register(id="TextGen-v0", entry_point="lm_gym.env:TextGenEnv")
+
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "REWARDS", "BleuReward", "ClassifierReward",
+    "FunctionReward", "KeywordReward", "LengthReward", "Prompt", "RegexReward", "Reward", "RougeReward",
+    "SentimentReward", "TargetWordReward", "TextGenEnv", "load_causal_lm", "load_prompts", "load_tokenizer",
+    "make_reward", "register_reward",
+]

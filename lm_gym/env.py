@@ -1,0 +1,231 @@
+"""TextGenEnv: text generation as a token-level Gymnasium environment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedTokenizerBase
+
+from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer
+from lm_gym.prompts import Prompt, PromptSource, load_prompts
+from lm_gym.rewards import Reward, make_reward, score
+
+Observation = dict[str, np.ndarray]
+
+
+class TextGenEnv(gym.Env[Observation, np.int64]):
+    """
+    ## Description
+
+    A language model writes a completion for a prompt one token at a time, and a reward scores the text.
+    Each step the agent picks the next token; the episode ends at EOS or after ``max_new_tokens``.
+    With no arguments this is an offline analog of the classic IMDB task: the bundled tiny LM continues
+    movie-review openings, and the reward is the VADER sentiment of what it writes.
+
+    ## Action Space
+
+    ``Discrete(len(tokenizer))``: the id of the next token, over the tokenizer's full vocabulary
+    (added tokens included).
+
+    ## Observation Space
+
+    ``Dict`` of two ``Box(shape=(window,), dtype=int64)``, ``window = max_prompt_tokens + max_new_tokens``:
+
+    | key              | values                | meaning                                             |
+    |------------------|-----------------------|-----------------------------------------------------|
+    | `input_ids`      | 0 .. vocab_size - 1   | prompt + tokens generated so far, **left-padded**   |
+    | `attention_mask` | 0 or 1                | 1 where `input_ids` holds a real token              |
+
+    Left padding keeps the newest token in the last column, so a policy reads the next-token logits
+    at index ``-1`` for every row. Integer boxes, not ``MultiDiscrete``: SB3 would one-hot encode those.
+
+    ## Rewards
+
+    ``reward`` is a built-in name (see ``lm_gym.REWARDS``), a :class:`lm_gym.Reward` that scores batches,
+    or any callable ``f(prompt, completion) -> float``.
+    ``reward_mode="sparse"`` (default) pays the completion's score on the last step and 0 before it.
+    ``reward_mode="dense"`` pays, each step, how much that token changed the score of the completion so far
+    (potential-based shaping: the return is ``score(final) - score("")``, the optimum is unchanged).
+
+    ## Starting State
+
+    ``reset(seed=...)`` draws a prompt uniformly from ``prompts`` with the env's seeded RNG;
+    ``reset(options={"prompt": "..."})`` starts from the given text instead.
+
+    ## Episode End
+
+    The episode terminates when the agent emits a stop token (the tokenizer's EOS by default) or when
+    ``max_new_tokens`` tokens have been generated. Both are true terminal states (the observation shows
+    how many tokens remain), so ``terminated=True`` and ``truncated=False``.
+
+    ## Arguments
+
+    ```python
+    gym.make("TextGen-v0", model=None, prompts=None, reward="sentiment", reward_kwargs=None,
+             max_new_tokens=16, max_prompt_tokens=None, reward_mode="sparse", stop_tokens=None,
+             tokenizer=None, render_mode=None)
+    ```
+
+    * ``model``: Hugging Face name or local path whose tokenizer defines the vocabulary (``None``: bundled).
+    * ``prompts``: list of strings/records, or a ``.txt``/``.jsonl`` path (``None``: bundled prompts).
+    * ``max_prompt_tokens``: prompt window; ``None`` fits the longest prompt. Longer prompts are refused.
+    * ``stop_tokens``: token strings that end the episode; ``None`` means EOS, ``[]`` never stops early.
+    * ``tokenizer``: a ready tokenizer object, instead of loading one from ``model``.
+
+    ## Version History
+
+    * v0: Initial version.
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+
+    def __init__(
+        self,
+        model: ModelRef = None,
+        prompts: PromptSource = None,
+        reward: str | Reward | Callable[[str, str], float] = "sentiment",
+        reward_kwargs: dict[str, Any] | None = None,
+        max_new_tokens: int = 16,
+        max_prompt_tokens: int | None = None,
+        reward_mode: str = "sparse",
+        stop_tokens: Sequence[str] | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        render_mode: str | None = None,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1.")
+        if reward_mode not in ("sparse", "dense"):
+            raise ValueError(f"reward_mode={reward_mode!r}: choose 'sparse' or 'dense'.")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model)
+        else:
+            ensure_pad_token(tokenizer)
+        self.tokenizer = tokenizer
+        self.reward = make_reward(reward, **(reward_kwargs or {}))
+        self.reward_mode = reward_mode
+        self.render_mode = render_mode
+        self.max_new_tokens = max_new_tokens
+
+        self.prompts: list[Prompt] = load_prompts(prompts)
+        self.prompt_ids = [self._encode(p.text) for p in self.prompts]
+        longest = max(len(ids) for ids in self.prompt_ids)
+        self.max_prompt_tokens = longest if max_prompt_tokens is None else max_prompt_tokens
+        if longest > self.max_prompt_tokens:
+            index = next(i for i, ids in enumerate(self.prompt_ids) if len(ids) == longest)
+            raise ValueError(
+                f"prompt {self.prompts[index].text[:80]!r} has {longest} tokens, more than "
+                f"max_prompt_tokens={self.max_prompt_tokens}; raise max_prompt_tokens or shorten the prompt."
+            )
+        self.window = self.max_prompt_tokens + max_new_tokens
+        self.stop_token_ids = self._stop_ids(stop_tokens)
+
+        vocab_size = len(tokenizer)
+        self.action_space = spaces.Discrete(vocab_size)
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, vocab_size - 1, shape=(self.window,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, shape=(self.window,), dtype=np.int64),
+            }
+        )
+        self._prompt: Prompt | None = None
+        self._ids: list[int] = []  # prompt + generated token ids, unpadded
+        self._new_ids: list[int] = []
+        self._last_score = 0.0
+        self._done = False
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _stop_ids(self, stop_tokens: Sequence[str] | None) -> frozenset[int]:
+        if stop_tokens is None:
+            eos = self.tokenizer.eos_token_id
+            return frozenset() if eos is None else frozenset([eos])
+        ids = set()
+        for token in stop_tokens:
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+                raise ValueError(f"stop_tokens: {token!r} is not a token of the vocabulary.")
+            ids.add(token_id)
+        return frozenset(ids)
+
+    @property
+    def num_new_tokens(self) -> int:
+        return len(self._new_ids)
+
+    @property
+    def completion(self) -> str:
+        return self.tokenizer.decode(self._new_ids, skip_special_tokens=True)
+
+    def _observation(self) -> Observation:
+        pad = self.window - len(self._ids)
+        input_ids = np.full(self.window, self.tokenizer.pad_token_id, dtype=np.int64)
+        input_ids[pad:] = self._ids
+        attention_mask = np.zeros(self.window, dtype=np.int64)
+        attention_mask[pad:] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _info(self) -> dict[str, Any]:
+        return {"prompt": self._prompt.text, "completion": self.completion, "num_new_tokens": self.num_new_tokens}
+
+    def _score(self, completion: str) -> float:
+        return float(score(self.reward, [self._prompt.text], [completion], [self._prompt.references])[0])
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options and "prompt" in options:
+            self._prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
+            prompt_ids = self._encode(self._prompt.text)
+            if len(prompt_ids) > self.max_prompt_tokens:
+                raise ValueError(
+                    f"options['prompt'] has {len(prompt_ids)} tokens, more than max_prompt_tokens="
+                    f"{self.max_prompt_tokens}; make the env with a larger max_prompt_tokens."
+                )
+        else:
+            index = int(self.np_random.integers(len(self.prompts)))
+            self._prompt, prompt_ids = self.prompts[index], self.prompt_ids[index]
+        self._ids = list(prompt_ids)
+        self._new_ids = []
+        self._done = False
+        self._last_score = self._score("") if self.reward_mode == "dense" else 0.0
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), self._info()
+
+    def step(self, action: int | np.integer):
+        if self._prompt is None:
+            raise RuntimeError("step() called before reset(); call env.reset() first.")
+        if self._done:
+            raise RuntimeError("step() called after the episode ended; call env.reset() to start a new one.")
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action={action!r} is not a token id of the vocabulary: expected an integer in "
+                f"[0, {self.action_space.n - 1}] (action_space={self.action_space})."
+            )
+        token = int(action)
+        self._ids.append(token)
+        self._new_ids.append(token)
+        terminated = token in self.stop_token_ids or len(self._new_ids) >= self.max_new_tokens
+        self._done = terminated
+        if self.reward_mode == "dense":
+            new_score = self._score(self.completion)
+            reward, self._last_score = new_score - self._last_score, new_score
+        else:
+            reward = self._score(self.completion) if terminated else 0.0
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), reward, terminated, False, self._info()
+
+    def render(self) -> str | None:
+        # gym.make warns about modes outside metadata["render_modes"] (SB3's make_vec_env asks for
+        # "rgb_array"); a text env has no picture to give them.
+        if self.render_mode not in self.metadata["render_modes"] or self._prompt is None:
+            return None
+        text = f"{self._prompt.text}\x1b[1m{self.completion}\x1b[0m"
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text

@@ -1,0 +1,74 @@
+"""Loading tokenizers and causal LMs by Hugging Face name or local path, and the bundled offline default."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS_DIR / "tiny-lm"
+"""The bundled tiny GPT-2 (built by ``scripts/build_default_lm.py``); used wherever ``model=None``."""
+
+ModelRef = str | os.PathLike | None
+
+
+def resolve_model(model: ModelRef) -> str:
+    """The name or path that ``from_pretrained`` gets: ``None`` means the bundled default."""
+    return str(DEFAULT_MODEL if model is None else model)
+
+
+def load_tokenizer(model: ModelRef = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it can pad.
+
+    A tokenizer without a pad token (GPT-2's, for one) gets its EOS token as pad token: padding is
+    always masked out, so the id only has to be valid. One with neither is refused with the fix.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    ensure_pad_token(tokenizer, source=resolve_model(model))
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str = "the tokenizer") -> None:
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"model={source!r}: the tokenizer has neither a pad token nor an EOS token. Add one and pass it "
+            "in, e.g. tokenizer.add_special_tokens({'pad_token': '<pad>'}); TextGenEnv(tokenizer=tokenizer)."
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_causal_lm(
+    model: ModelRef = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """Load ``AutoModelForCausalLM`` with every dropout set to zero.
+
+    RL needs a deterministic forward: SB3 switches the policy between train and eval mode, and dropout
+    would make the PPO ratio differ from 1 before any update.
+    """
+    name = resolve_model(model)
+    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*loss_type=None.*")
+        lm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    disable_dropout(lm)
+    return lm
+
+
+def disable_dropout(module: torch.nn.Module) -> None:
+    config = getattr(module, "config", None)
+    if config is not None:
+        for key, value in vars(config).items():
+            if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+                setattr(config, key, 0.0)
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.p = 0.0
