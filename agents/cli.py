@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import fields
 
+from transformers.utils import logging as hf_logging
+
 from agents.train import ALGORITHMS, TrainConfig, train
 
 HELP = {
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    hf_logging.disable_progress_bar()  # one progress bar (training), not one per checkpoint load
+    hf_logging.set_verbosity_error()
     if args.command == "train":
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         train(config)

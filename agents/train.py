@@ -79,13 +79,16 @@ def new_run_dir(base: str | Path, algo: str) -> Path:
 def train(config: TrainConfig, console: Console | None = None) -> Path:
     """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
     console = console or Console()
-    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs,
+    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs, render_mode=None,
                       prompts=config.prompts, max_new_tokens=config.max_new_tokens)
+    held_out = load_prompts(config.eval_prompts or HELDOUT_PROMPTS)
+    # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
+    eval_env = TextGenEnv(**{**env_kwargs, "prompts": load_prompts(config.prompts) + held_out})
+    env_kwargs["max_prompt_tokens"] = eval_env.max_prompt_tokens
     vec_env = make_vec_env("lm_gym:TextGen-v0", n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
     algorithm = make_algorithm(config, vec_env)
     policy: LMActorCriticPolicy = algorithm.policy
-    eval_env = TextGenEnv(**env_kwargs)
-    held_out = [p.text for p in load_prompts(config.eval_prompts or HELDOUT_PROMPTS)]
+    held_out = [p.text for p in held_out]
     kl_callback = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
     reference = kl_callback.reference = policy.load_reference_model()
 

@@ -1,0 +1,35 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: every model is bundled or built here
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+import lm_gym
+
+hf_logging.disable_progress_bar()
+# Under pytest-xdist each worker gets one core; two threads each would oversubscribe a 2-core machine.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    return lm_gym.load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def local_model_dir(tmp_path_factory):
+    """A small random GPT-2 that is not the bundled one, saved like a hub checkpoint, with a tokenizer
+    that (like GPT-2's) has no pad token and whose vocabulary is smaller than the model's logits."""
+    path = tmp_path_factory.mktemp("hub") / "tiny-gpt2-nopad"
+    tokenizer = AutoTokenizer.from_pretrained(lm_gym.DEFAULT_MODEL)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(tokenizer) + 64, n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return str(path)

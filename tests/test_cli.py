@@ -1,0 +1,61 @@
+import json
+
+import pytest
+from stable_baselines3 import A2C, PPO
+from transformers import pipeline
+
+from agents.cli import build_parser, main
+
+FAST = ["--steps", "256", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--n-epochs", "1",
+        "--eval-samples", "2", "--max-new-tokens", "4"]
+
+
+def test_train_writes_a_new_run_directory_that_loads_everywhere(tmp_path, capsys):
+    main(["train", *FAST, "--out", str(tmp_path)])
+    main(["train", *FAST, "--out", str(tmp_path)])  # same second, same algo: a second, separate run
+    runs = sorted(tmp_path.iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("ppo-") for r in runs)
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["steps"] == 256 and summary["config"]["model"] is None
+    assert {"reward_mean", "kl_mean"} <= set(summary["before"]) and len(summary["samples_after"]) == 16
+    assert abs(summary["before"]["kl_mean"]) < 1e-4  # before training the policy is the reference
+    model = PPO.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 256
+    text = pipeline("text-generation", model=str(run / "lm"), device="cpu")("the movie was", max_new_tokens=3)
+    assert text[0]["generated_text"].startswith("the movie was")
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "KL" in out
+
+
+def test_train_with_a2c_and_options(tmp_path):
+    main(["train", *FAST, "--algo", "a2c", "--reward", "length", "--reward-kwargs", '{"target": 3}',
+          "--kl-target", "2.0", "--out", str(tmp_path)])
+    (run,) = tmp_path.iterdir()
+    assert run.name.startswith("a2c-")
+    assert isinstance(A2C.load(run / "model.zip", device="cpu"), A2C)
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert config["reward_kwargs"] == {"target": 3} and config["kl_target"] == 2.0
+
+
+def test_bad_cli_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--algo", "sac"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a known reward"):
+        main(["train", *FAST, "--reward", "nope"])
+
+
+def test_examples_run_as_written(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    quick = run(str(root / "examples" / "quickstart.py"), "--steps", "256", "--out", "lm")
+    assert quick.returncode == 0, quick.stderr[-2000:]
+    assert "next token" in quick.stdout and (tmp_path / "lm" / "model.safetensors").exists()
+    custom = run(str(root / "examples" / "custom_reward.py"))
+    assert custom.returncode == 0, custom.stderr[-2000:]
+    assert custom.stdout.count("trained") == 3
