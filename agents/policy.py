@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Any
@@ -32,14 +33,16 @@ def next_token_logits(lm: PreTrainedModel, obs: PyTorchObs, n_actions: int) -> t
     attention_mask = obs["attention_mask"].long()
     # Left padding shifts the real tokens; positions must count real tokens only, as generate() does.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(lm) else {}
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(type(lm)) else {}
     out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
              output_hidden_states=True, use_cache=False, **kwargs)
     return out.logits[:, -1, :n_actions].float(), out.hidden_states[-1][:, -1]
 
 
-def _accepts_logits_to_keep(lm: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
+@functools.cache
+def _accepts_logits_to_keep(lm_class: type[PreTrainedModel]) -> bool:
+    """Most causal LMs can skip the vocabulary projection for all but the last position."""
+    return "logits_to_keep" in inspect.signature(lm_class.forward).parameters
 
 
 class LMActorCriticPolicy(ActorCriticPolicy):

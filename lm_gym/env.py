@@ -147,7 +147,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         ids = set()
         for token in stop_tokens:
             token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if token_id is None or token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+            unknown = token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token
+            if token_id is None or unknown:
                 raise ValueError(f"stop_tokens: {token!r} is not a token of the vocabulary.")
             ids.add(token_id)
         return frozenset(ids)
