@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from agents.policy import LMActorCriticPolicy, next_token_logits
+from agents.kv_cache import RolloutKVCache
+from agents.policy import LMActorCriticPolicy
 from lm_gym.env import TextGenEnv
 
 
@@ -44,13 +45,14 @@ def sample_episodes(
         envs = [copy.copy(base) for _ in chunk]
         obs = [e.reset(options={"prompt": prompt})[0] for e, prompt in zip(envs, chunk)]
         returns, kls, done = np.zeros(len(chunk)), np.zeros(len(chunk)), np.zeros(len(chunk), dtype=bool)
+        reference_cache = RolloutKVCache()  # the reference is frozen: its cache never goes stale
         while not done.all():
             active = np.flatnonzero(~done)
             batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy.device) for k in obs[0]}
             distribution = policy.get_distribution(batch)
             actions = distribution.get_actions(deterministic=deterministic)
             if reference is not None:
-                ref_logits, _ = next_token_logits(reference, batch, policy.action_space.n)
+                ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0)
                 ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
                 kls[active] += (distribution.log_prob(actions) - ref_log_probs).cpu().numpy()
             for i, action in zip(active, actions.cpu().numpy()):

@@ -7,7 +7,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from transformers import PreTrainedModel
 
-from agents.policy import LMActorCriticPolicy, next_token_logits
+from agents.lm_forward import next_token_logits
+from agents.policy import LMActorCriticPolicy
 
 
 class AdaptiveKLController:
@@ -85,8 +86,10 @@ class KLPenaltyCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
         n_steps, n_envs = buffer.rewards.shape
-        flat = {key: value.reshape(n_steps * n_envs, -1) for key, value in buffer.observations.items()}
-        ref_log_probs = self.reference_log_probs(flat, buffer.actions.reshape(-1)).reshape(n_steps, n_envs)
+        # Env-major rows put each episode's steps next to each other: one reference forward per episode.
+        flat = {key: value.swapaxes(0, 1).reshape(n_envs * n_steps, -1) for key, value in buffer.observations.items()}
+        actions = buffer.actions.swapaxes(0, 1).reshape(-1)
+        ref_log_probs = self.reference_log_probs(flat, actions).reshape(n_envs, n_steps).T
         log_ratio = buffer.log_probs - ref_log_probs  # log p(a|s) - log q(a|s), per token
         kl = log_ratio if self.estimator == "k1" else np.expm1(-log_ratio) + log_ratio
         coef = self.coef

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +14,9 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from transformers import PreTrainedModel
 
+from agents.kv_cache import RolloutKVCache
+from agents.lm_forward import next_token_logits
 from lm_gym.models import ModelRef, load_causal_lm, load_tokenizer, resolve_model
-
-
-def next_token_logits(lm: PreTrainedModel, obs: PyTorchObs, n_actions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``lm`` on left-padded observations; return the next-token logits and the last hidden state.
-
-    Args:
-        lm: a causal LM.
-        obs: ``{"input_ids": (B, T), "attention_mask": (B, T)}`` integer tensors, newest token at ``T - 1``.
-        n_actions: the env's vocabulary size; logits beyond it (padded embedding rows) are dropped.
-
-    Returns:
-        logits ``(B, n_actions)`` in float32 and hidden state ``(B, hidden_size)`` at the last position.
-    """
-    input_ids = obs["input_ids"].long()
-    attention_mask = obs["attention_mask"].long()
-    # Left padding shifts the real tokens; positions must count real tokens only, as generate() does.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(type(lm)) else {}
-    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-             output_hidden_states=True, use_cache=False, **kwargs)
-    return out.logits[:, -1, :n_actions].float(), out.hidden_states[-1][:, -1]
-
-
-@functools.cache
-def _accepts_logits_to_keep(lm_class: type[PreTrainedModel]) -> bool:
-    """Most causal LMs can skip the vocabulary projection for all but the last position."""
-    return "logits_to_keep" in inspect.signature(lm_class.forward).parameters
 
 
 class LMActorCriticPolicy(ActorCriticPolicy):
@@ -60,6 +34,12 @@ class LMActorCriticPolicy(ActorCriticPolicy):
             a plain string so that ``PPO.load`` rebuilds the policy from it and then loads the weights.
         dtype: weight dtype of the LM (e.g. ``"bfloat16"``); logits are always cast to float32.
         attn_implementation: passed to ``from_pretrained`` (``"eager"`` for second-order methods).
+        autocast_dtype: run the LM under ``torch.autocast`` in this dtype (``"bfloat16"``); the action
+            distribution is still computed from float32 logits.
+        use_kv_cache: during rollouts, reuse each env's keys/values from the previous step (exact: a row
+            is only continued when its ids prove it grew by one token).
+        group_episodes: in the update, compute all steps of an episode with one forward when the
+            minibatch holds them in order (use ``rollout_buffer_class=EpisodeRolloutBuffer``).
         **kwargs: the usual ``ActorCriticPolicy`` arguments; the MLP ones (``net_arch``, ``activation_fn``)
             have no effect, and ``ortho_init`` is forced off because it would overwrite pretrained weights.
     """
@@ -72,6 +52,9 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         model: ModelRef = None,
         dtype: str | None = None,
         attn_implementation: str | None = None,
+        autocast_dtype: str | None = None,
+        use_kv_cache: bool = True,
+        group_episodes: bool = True,
         **kwargs: Any,
     ):
         if not isinstance(action_space, spaces.Discrete):
@@ -86,6 +69,9 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.model_name = None if model is None else str(model)
         self.lm_dtype = dtype
         self.attn_implementation = attn_implementation
+        self.autocast_dtype = autocast_dtype
+        self.use_kv_cache, self.group_episodes = use_kv_cache, group_episodes
+        self.kv_cache = RolloutKVCache()
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
@@ -106,13 +92,32 @@ class LMActorCriticPolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(model=self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation)
+        data.update(model=self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation,
+                    autocast_dtype=self.autocast_dtype, use_kv_cache=self.use_kv_cache,
+                    group_episodes=self.group_episodes)
         return data
 
+    def set_training_mode(self, mode: bool) -> None:
+        super().set_training_mode(mode)
+        if mode:  # an update is about to change the weights: cached keys/values go stale
+            self.kv_cache.reset()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=getattr(torch, self.autocast_dtype))
+
     def _distribution_and_values(self, obs: PyTorchObs) -> tuple[CategoricalDistribution, torch.Tensor]:
-        logits, hidden = next_token_logits(self.lm, obs, self.action_space.n)
-        values = self.value_head(hidden).float()
-        return self.action_dist.proba_distribution(action_logits=logits), values
+        if self.use_kv_cache and not torch.is_grad_enabled():
+            # In-place updates (optimizer steps, load_state_dict) bump these counters: a changed sum
+            # means changed weights, and the cache is dropped.
+            version = sum(p._version for p in self.lm.parameters())
+            logits, hidden = self.kv_cache(self.lm, obs, self.action_space.n, version, self._autocast())
+        else:
+            with self._autocast():
+                logits, hidden = next_token_logits(self.lm, obs, self.action_space.n, group=self.group_episodes)
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
+        return self.action_dist.proba_distribution(action_logits=logits.float()), values
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample next tokens. Returns actions ``(B,)``, values ``(B, 1)`` and log-probs ``(B,)``."""

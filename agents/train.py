@@ -14,13 +14,14 @@ from rich.console import Console
 from rich.table import Table
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
 
+from agents.buffers import EpisodeRolloutBuffer
 from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
 from agents.kl import KLPenaltyCallback
 from agents.policy import LMActorCriticPolicy
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import HELDOUT_PROMPTS, load_prompts
+from lm_gym.vector import make_vec_env
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 
@@ -55,7 +56,8 @@ def make_algorithm(config: TrainConfig, env) -> BaseAlgorithm:
     if config.algo not in ALGORITHMS:
         raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
     common = dict(learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
-                  seed=config.seed, device=config.device, policy_kwargs={"model": config.model})
+                  seed=config.seed, device=config.device, policy_kwargs={"model": config.model},
+                  rollout_buffer_class=EpisodeRolloutBuffer)
     if config.algo == "ppo":
         return PPO(LMActorCriticPolicy, env, batch_size=config.batch_size, n_epochs=config.n_epochs, **common)
     # A2C's default RMSprop(lr=7e-4) is tuned for small MLPs; an LM wants Adam at a fine-tuning rate.
@@ -79,13 +81,13 @@ def new_run_dir(base: str | Path, algo: str) -> Path:
 def train(config: TrainConfig, console: Console | None = None) -> Path:
     """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
     console = console or Console()
-    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs, render_mode=None,
+    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs,
                       prompts=config.prompts, max_new_tokens=config.max_new_tokens)
     held_out = load_prompts(config.eval_prompts or HELDOUT_PROMPTS)
     # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
     eval_env = TextGenEnv(**{**env_kwargs, "prompts": load_prompts(config.prompts) + held_out})
     env_kwargs["max_prompt_tokens"] = eval_env.max_prompt_tokens
-    vec_env = make_vec_env("lm_gym:TextGen-v0", n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
+    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed, **env_kwargs)
     algorithm = make_algorithm(config, vec_env)
     policy: LMActorCriticPolicy = algorithm.policy
     held_out = [p.text for p in held_out]

@@ -50,6 +50,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ``reward_mode="sparse"`` (default) pays the completion's score on the last step and 0 before it.
     ``reward_mode="dense"`` pays, each step, how much that token changed the score of the completion so far
     (potential-based shaping: the return is ``score(final) - score("")``, the optimum is unchanged).
+    With ``defer_reward=True`` (set by :class:`lm_gym.BatchedRewardVecEnv`) a sparse env leaves the final
+    score to the vector wrapper, which scores all episodes that end in the same step in one call.
 
     ## Starting State
 
@@ -109,6 +111,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self.reward_mode = reward_mode
         self.render_mode = render_mode
         self.max_new_tokens = max_new_tokens
+        self.defer_reward = False
 
         self.prompts: list[Prompt] = load_prompts(prompts)
         self.prompt_ids = [self._encode(p.text) for p in self.prompts]
@@ -215,10 +218,13 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             new_score = self._score(self.completion)
             reward, self._last_score = new_score - self._last_score, new_score
         else:
-            reward = self._score(self.completion) if terminated else 0.0
+            reward = self._score(self.completion) if terminated and not self.defer_reward else 0.0
+        info = self._info()
+        if terminated and self.defer_reward:
+            info.update(pending_reward=True, references=self._prompt.references)
         if self.render_mode == "human":
             self.render()
-        return self._observation(), reward, terminated, False, self._info()
+        return self._observation(), reward, terminated, False, info
 
     def render(self) -> str | None:
         # gym.make warns about modes outside metadata["render_modes"] (SB3's make_vec_env asks for

@@ -1,0 +1,52 @@
+"""EpisodeRolloutBuffer: PPO minibatches made of whole episodes, so an episode costs one LM forward."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
+
+
+class EpisodeRolloutBuffer(DictRolloutBuffer):
+    """A ``DictRolloutBuffer`` whose ``get`` yields shuffled whole episodes, each with its steps in order.
+
+    Stock SB3 samples single steps at random, so the update runs the LM once per generated token, each
+    time over the whole prefix. Here consecutive rows of a minibatch are consecutive steps of one episode,
+    and :class:`agents.LMActorCriticPolicy` evaluates each such run with a single forward (exactly the
+    same numbers). Minibatches hold whole episodes (or the part of an episode inside this rollout) and
+    close once they reach ``batch_size`` steps, so their size varies a little.
+
+    Use: ``PPO(LMActorCriticPolicy, env, rollout_buffer_class=EpisodeRolloutBuffer)``.
+    """
+
+    def episode_segments(self) -> list[np.ndarray]:
+        """Flat indices (after ``swap_and_flatten``: ``env * buffer_size + step``) of each episode, in order."""
+        starts = self.episode_starts.astype(bool)
+        segments = []
+        for env in range(self.n_envs):
+            cuts = np.flatnonzero(starts[1:, env]) + 1
+            segments.extend(env * self.buffer_size + steps for steps in np.split(np.arange(self.buffer_size), cuts))
+        return segments
+
+    def get(self, batch_size: int | None = None) -> Generator[DictRolloutBufferSamples, None, None]:
+        assert self.full, "the rollout buffer must be full before sampling from it"
+        if not self.generator_ready:
+            for key, obs in self.observations.items():
+                self.observations[key] = self.swap_and_flatten(obs)
+            for name in ("actions", "values", "log_probs", "advantages", "returns"):
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        batch_size = batch_size or self.buffer_size * self.n_envs
+        segments = self.episode_segments()
+        batch: list[np.ndarray] = []
+        size = 0
+        for index in np.random.permutation(len(segments)):
+            batch.append(segments[index])
+            size += len(segments[index])
+            if size >= batch_size:
+                yield self._get_samples(np.concatenate(batch))
+                batch, size = [], 0
+        if batch:
+            yield self._get_samples(np.concatenate(batch))
