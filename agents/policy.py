@@ -83,6 +83,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
                 f"the env's vocabulary has {self.action_space.n} tokens but model={resolve_model(self.model_name)!r} "
                 f"has {lm_vocab} output logits; use the tokenizer that belongs to the model."
             )
+        self._lm_parameters = list(self.lm.parameters())  # walked on every rollout step: list it once
         hidden_size = self.lm.get_input_embeddings().embedding_dim
         # Named "value_*" so that sb3-contrib's TRPO leaves it out of its actor step.
         self.value_head = nn.Linear(hidden_size, 1, dtype=self.lm.dtype)
@@ -111,7 +112,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         if self.use_kv_cache and not torch.is_grad_enabled():
             # In-place updates (optimizer steps, load_state_dict) bump these counters: a changed sum
             # means changed weights, and the cache is dropped.
-            version = sum(p._version for p in self.lm.parameters())
+            version = sum(p._version for p in self._lm_parameters)
             logits, hidden = self.kv_cache(self.lm, obs, self.action_space.n, version, self._autocast())
         else:
             with self._autocast():
