@@ -83,6 +83,14 @@ class LMActorCriticPolicy(ActorCriticPolicy):
                 f"the env's vocabulary has {self.action_space.n} tokens but model={resolve_model(self.model_name)!r} "
                 f"has {lm_vocab} output logits; use the tokenizer that belongs to the model."
             )
+        window = self.observation_space["input_ids"].shape[0]
+        max_positions = getattr(self.lm.config, "max_position_embeddings", None)
+        if max_positions is not None and window > max_positions:
+            raise ValueError(
+                f"the env's window of {window} tokens (max_prompt_tokens + max_new_tokens) is longer than "
+                f"model={resolve_model(self.model_name)!r} can attend to ({max_positions} positions); "
+                "lower max_new_tokens or max_prompt_tokens."
+            )
         self._lm_parameters = list(self.lm.parameters())  # walked on every rollout step: list it once
         hidden_size = self.lm.get_input_embeddings().embedding_dim
         # Named "value_*" so that sb3-contrib's TRPO leaves it out of its actor step.
@@ -100,8 +108,8 @@ class LMActorCriticPolicy(ActorCriticPolicy):
 
     def set_training_mode(self, mode: bool) -> None:
         super().set_training_mode(mode)
-        if mode:  # an update is about to change the weights: cached keys/values go stale
-            self.kv_cache.reset()
+        if mode:  # the update will change the weights (the version check would drop the cache anyway):
+            self.kv_cache.reset()  # free its memory for the update's activations now
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

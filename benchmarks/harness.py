@@ -25,6 +25,7 @@ transformers.utils.logging.disable_progress_bar()
 
 SHAPES = {
     "tiny": None,  # the bundled LM: 2 layers x 64, vocabulary 512
+    "tiny-1k": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512),  # the bundled shape, 1024 positions
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257),  # 124M parameters
 }
 

@@ -6,7 +6,7 @@ new: KV-cached rollouts + EpisodeRolloutBuffer (one forward per episode) - O(L) 
 
 Each configuration runs in a fresh process, so its peak resident memory (ru_maxrss) is its own.
 
-    python benchmarks/scaling.py [--shape tiny] [--lengths 16,64,256] [--n-envs 8]
+    python benchmarks/scaling.py [--shape tiny-1k] [--lengths 16,64,256] [--n-envs 8]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def one(shape: str, new_tokens: int, n_envs: int, path_kind: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny")
+    parser.add_argument("--shape", default="tiny-1k", help="tiny-1k: the bundled LM's shape with 1024 positions")
     parser.add_argument("--lengths", default="16,64,256")
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # LENGTH old|new: run in this process

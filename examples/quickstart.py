@@ -10,7 +10,7 @@ from stable_baselines3 import PPO
 from transformers import pipeline
 
 import lm_gym  # registers "TextGen-v0"
-from agents import KLPenaltyCallback, LMActorCriticPolicy
+from agents import EpisodeRolloutBuffer, KLPenaltyCallback, LMActorCriticPolicy
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=4096)
@@ -18,7 +18,8 @@ parser.add_argument("--out", default="quickstart-lm")
 args = parser.parse_args()
 
 env = gym.make("TextGen-v0")  # the bundled offline default task
-model = PPO(LMActorCriticPolicy, env, learning_rate=1e-4, gamma=1.0, verbose=1)  # policy_kwargs={"model": ...}
+model = PPO(LMActorCriticPolicy, env, learning_rate=1e-4, gamma=1.0, verbose=1,  # policy_kwargs={"model": ...}
+            rollout_buffer_class=EpisodeRolloutBuffer)
 model.learn(total_timesteps=args.steps, callback=KLPenaltyCallback(coef=0.05), progress_bar=True)
 
 obs, info = env.reset(seed=0)

@@ -140,6 +140,12 @@ def test_a_model_with_fewer_logits_than_the_vocabulary_is_refused():
         LMActorCriticPolicy(env.observation_space, spaces.Discrete(10_000), lambda _: 1e-4)
 
 
+def test_a_window_longer_than_the_model_positions_is_refused():
+    env = lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=64)  # the bundled LM has 64 positions
+    with pytest.raises(ValueError, match="64 positions.*lower max_new_tokens"):
+        make_ppo(env)
+
+
 def test_wrong_spaces_are_refused():
     from gymnasium import spaces
 
