@@ -6,26 +6,31 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.distributions import CategoricalDistribution
-from stable_baselines3.common.policies import ActorCriticPolicy
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from transformers import PreTrainedModel
 
 from agents.kv_cache import RolloutKVCache
 from agents.lm_forward import next_token_logits
+from agents.nlpo import TopPMask
 from lm_gym.models import ModelRef, load_causal_lm, load_tokenizer, resolve_model
 
+Masks = np.ndarray | torch.Tensor | None
 
-class LMActorCriticPolicy(ActorCriticPolicy):
+
+class LMActorCriticPolicy(MaskableActorCriticPolicy):
     """Actor-critic policy whose actor is a causal LM and whose critic is a linear value head on it.
 
     The action distribution is ``Categorical(logits=lm(obs).logits[:, -1])``: sampling an action is
     sampling the LM's next token. The value head reads the LM's last hidden state at the same position.
-    Works unchanged with stock ``PPO`` and ``A2C`` on ``TextGen-v0`` (its Dict observation of left-padded
-    ``input_ids`` + ``attention_mask``)::
+    One class serves stock ``PPO``, ``A2C``, sb3-contrib's ``TRPO`` and ``MaskablePPO`` (it is a
+    ``MaskableActorCriticPolicy`` and takes the ``use_sde`` argument the others pass) on ``TextGen-v0``
+    (its Dict observation of left-padded ``input_ids`` + ``attention_mask``)::
 
         PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "gpt2"})
 
@@ -33,15 +38,18 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         model: Hugging Face name or local path of the causal LM (``None``: the bundled tiny LM). Kept as
             a plain string so that ``PPO.load`` rebuilds the policy from it and then loads the weights.
         dtype: weight dtype of the LM (e.g. ``"bfloat16"``); logits are always cast to float32.
-        attn_implementation: passed to ``from_pretrained`` (``"eager"`` for second-order methods).
+        attn_implementation: passed to ``from_pretrained`` (``"eager"`` for TRPO's second-order gradients).
         autocast_dtype: run the LM under ``torch.autocast`` in this dtype (``"bfloat16"``); the action
             distribution is still computed from float32 logits.
         use_kv_cache: during rollouts, reuse each env's keys/values from the previous step (exact: a row
             is only continued when its ids prove it grew by one token).
         group_episodes: in the update, compute all steps of an episode with one forward when the
             minibatch holds them in order (use ``rollout_buffer_class=EpisodeRolloutBuffer``).
-        **kwargs: the usual ``ActorCriticPolicy`` arguments; the MLP ones (``net_arch``, ``activation_fn``)
-            have no effect, and ``ortho_init`` is forced off because it would overwrite pretrained weights.
+        top_p_mask: NLPO-style masking: allow only the top-p nucleus of a delayed copy of the LM
+            (``None``: off). Combined with the env's ``action_masks()`` under MaskablePPO.
+        mask_update_interval: updates between refreshes of that delayed copy.
+        **kwargs: the usual policy arguments; the MLP ones (``net_arch``, ``activation_fn``) have no
+            effect, and ``ortho_init`` is forced off because it would overwrite pretrained weights.
     """
 
     def __init__(
@@ -55,8 +63,13 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         autocast_dtype: str | None = None,
         use_kv_cache: bool = True,
         group_episodes: bool = True,
+        top_p_mask: float | None = None,
+        mask_update_interval: int = 5,
+        use_sde: bool = False,
         **kwargs: Any,
     ):
+        if use_sde:
+            raise ValueError("use_sde=True: gSDE is for continuous actions; token actions are Discrete.")
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(f"LMActorCriticPolicy needs a Discrete action space (token ids), got {action_space}.")
         if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
@@ -71,6 +84,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.attn_implementation = attn_implementation
         self.autocast_dtype = autocast_dtype
         self.use_kv_cache, self.group_episodes = use_kv_cache, group_episodes
+        self.top_p_mask, self.mask_update_interval = top_p_mask, mask_update_interval
         self.kv_cache = RolloutKVCache()
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
@@ -97,27 +111,41 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.value_head = nn.Linear(hidden_size, 1, dtype=self.lm.dtype)
         nn.init.normal_(self.value_head.weight, std=1 / (hidden_size + 1))
         nn.init.zeros_(self.value_head.bias)
+        # A plain attribute, not a submodule: see TopPMask.
+        self.__dict__["nlpo"] = None if self.top_p_mask is None else TopPMask(
+            self.lm, self.top_p_mask, self.mask_update_interval, _eos_ids(self.lm))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(model=self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation,
                     autocast_dtype=self.autocast_dtype, use_kv_cache=self.use_kv_cache,
-                    group_episodes=self.group_episodes)
+                    group_episodes=self.group_episodes, top_p_mask=self.top_p_mask,
+                    mask_update_interval=self.mask_update_interval)
         return data
 
     def set_training_mode(self, mode: bool) -> None:
-        super().set_training_mode(mode)
         if mode:  # the update will change the weights (the version check would drop the cache anyway):
             self.kv_cache.reset()  # free its memory for the update's activations now
+        elif self.training and self.nlpo is not None:  # an update just ended
+            self.nlpo.on_update_done(self.lm)
+        super().set_training_mode(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.nlpo is not None:  # the delayed copy restarts from the loaded weights
+            self.nlpo.refresh(self.lm)
+        return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=getattr(torch, self.autocast_dtype))
 
-    def _distribution_and_values(self, obs: PyTorchObs) -> tuple[CategoricalDistribution, torch.Tensor]:
-        if self.use_kv_cache and not torch.is_grad_enabled():
+    def _distribution_and_values(self, obs: PyTorchObs, action_masks: Masks = None, cached: bool = False
+                                 ) -> tuple[MaskableCategoricalDistribution, torch.Tensor]:
+        """The (masked) next-token distribution and values; ``cached`` on the per-step rollout paths only."""
+        if cached and self.use_kv_cache and not torch.is_grad_enabled():
             # In-place updates (optimizer steps, load_state_dict) bump these counters: a changed sum
             # means changed weights, and the cache is dropped.
             version = sum(p._version for p in self._lm_parameters)
@@ -126,21 +154,41 @@ class LMActorCriticPolicy(ActorCriticPolicy):
             with self._autocast():
                 logits, hidden = next_token_logits(self.lm, obs, self.action_space.n, group=self.group_episodes)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
-        return self.action_dist.proba_distribution(action_logits=logits.float()), values
+        distribution = self.action_dist.proba_distribution(action_logits=logits.float())
+        masks = self._masks(obs, action_masks, cached)
+        if masks is not None:
+            distribution.apply_masking(masks)
+        return distribution, values
 
-    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _masks(self, obs: PyTorchObs, action_masks: Masks, cached: bool) -> torch.Tensor | None:
+        """The env's masks (MaskablePPO) and the NLPO nucleus, combined; None when neither applies."""
+        masks = None if action_masks is None else torch.as_tensor(
+            action_masks, dtype=torch.bool, device=self.device).reshape(-1, self.action_space.n)
+        if self.nlpo is not None:
+            nucleus = self.nlpo(obs, self.action_space.n, cached=cached and self.use_kv_cache, autocast=self._autocast())
+            combined = nucleus if masks is None else nucleus & masks
+            # Where the nucleus and the env's masks share no token, the env's masks alone decide.
+            masks = combined if masks is None else torch.where(combined.any(-1, keepdim=True), combined, masks)
+        return masks
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False, action_masks: Masks = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample next tokens. Returns actions ``(B,)``, values ``(B, 1)`` and log-probs ``(B,)``."""
-        distribution, values = self._distribution_and_values(obs)
+        distribution, values = self._distribution_and_values(obs, action_masks, cached=True)
         actions = distribution.get_actions(deterministic=deterministic)
         return actions, values, distribution.log_prob(actions)
 
-    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False, action_masks: Masks = None) -> torch.Tensor:
+        return self._distribution_and_values(observation, action_masks, cached=True)[0].get_actions(deterministic)
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Masks = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Values ``(B, 1)``, log-probs ``(B,)`` and entropies ``(B,)`` of ``actions`` under the current LM."""
-        distribution, values = self._distribution_and_values(obs)
+        distribution, values = self._distribution_and_values(obs, action_masks)
         return values, distribution.log_prob(actions.reshape(-1)), distribution.entropy()
 
-    def get_distribution(self, obs: PyTorchObs) -> CategoricalDistribution:
-        return self._distribution_and_values(obs)[0]
+    def get_distribution(self, obs: PyTorchObs, action_masks: Masks = None) -> MaskableCategoricalDistribution:
+        return self._distribution_and_values(obs, action_masks)[0]
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         return self._distribution_and_values(obs)[1]
@@ -161,3 +209,9 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.lm.save_pretrained(path)
         load_tokenizer(self.model_name).save_pretrained(path)
         return path
+
+
+def _eos_ids(lm: PreTrainedModel) -> list[int]:
+    eos = lm.generation_config.eos_token_id if lm.generation_config is not None else None
+    eos = lm.config.eos_token_id if eos is None else eos
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)

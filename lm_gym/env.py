@@ -53,6 +53,13 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     With ``defer_reward=True`` (set by :class:`lm_gym.BatchedRewardVecEnv`) a sparse env leaves the final
     score to the vector wrapper, which scores all episodes that end in the same step in one call.
 
+    ## Action Masks
+
+    ``action_masks()`` returns a ``(vocab_size,)`` bool array for sb3-contrib's MaskablePPO: all True unless
+    ``allowed_tokens`` (only these) or ``banned_tokens`` (all but these) are given. Stop tokens are always
+    allowed, so an episode can always end. Masks that depend on a model (NLPO's top-p nucleus) belong to
+    the policy: ``LMActorCriticPolicy(top_p_mask=0.9)``.
+
     ## Starting State
 
     ``reset(seed=...)`` draws a prompt uniformly from ``prompts`` with the env's seeded RNG;
@@ -69,7 +76,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ```python
     gym.make("TextGen-v0", model=None, prompts=None, reward="sentiment", reward_kwargs=None,
              max_new_tokens=16, max_prompt_tokens=None, reward_mode="sparse", stop_tokens=None,
-             tokenizer=None, render_mode=None)
+             tokenizer=None, allowed_tokens=None, banned_tokens=None, render_mode=None)
     ```
 
     * ``model``: Hugging Face name or local path whose tokenizer defines the vocabulary (``None``: bundled).
@@ -77,6 +84,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     * ``max_prompt_tokens``: prompt window; ``None`` fits the longest prompt. Longer prompts are refused.
     * ``stop_tokens``: token strings that end the episode; ``None`` means EOS, ``[]`` never stops early.
     * ``tokenizer``: a ready tokenizer object, instead of loading one from ``model``.
+    * ``allowed_tokens`` / ``banned_tokens``: token strings or ids for the static ``action_masks()``.
 
     ## Version History
 
@@ -96,6 +104,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         reward_mode: str = "sparse",
         stop_tokens: Sequence[str] | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        allowed_tokens: Sequence[str | int] | None = None,
+        banned_tokens: Sequence[str | int] | None = None,
         render_mode: str | None = None,
     ):
         if max_new_tokens < 1:
@@ -127,6 +137,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self.stop_token_ids = self._stop_ids(stop_tokens)
 
         vocab_size = len(tokenizer)
+        self._action_mask = self._static_mask(vocab_size, allowed_tokens, banned_tokens)
         self.action_space = spaces.Discrete(vocab_size)
         self.observation_space = spaces.Dict(
             {
@@ -143,18 +154,44 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _token_ids(self, tokens: Sequence[str | int], argument: str) -> list[int]:
+        """Ids of token strings (or ids), with an error that names ``argument`` for unknown ones."""
+        ids = []
+        for token in tokens:
+            if isinstance(token, (int, np.integer)):
+                token_id = int(token) if 0 <= token < len(self.tokenizer) else None
+            else:
+                token_id = self.tokenizer.convert_tokens_to_ids(token)
+                if token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+                    token_id = None
+            if token_id is None:
+                raise ValueError(f"{argument}: {token!r} is not a token of the vocabulary "
+                                 f"(token strings as the tokenizer spells them, e.g. 'Ġgreat', or ids).")
+            ids.append(token_id)
+        return ids
+
     def _stop_ids(self, stop_tokens: Sequence[str] | None) -> frozenset[int]:
         if stop_tokens is None:
             eos = self.tokenizer.eos_token_id
             return frozenset() if eos is None else frozenset([eos])
-        ids = set()
-        for token in stop_tokens:
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            unknown = token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token
-            if token_id is None or unknown:
-                raise ValueError(f"stop_tokens: {token!r} is not a token of the vocabulary.")
-            ids.add(token_id)
-        return frozenset(ids)
+        return frozenset(self._token_ids(stop_tokens, "stop_tokens"))
+
+    def _static_mask(self, vocab_size: int, allowed: Sequence[str | int] | None,
+                     banned: Sequence[str | int] | None) -> np.ndarray:
+        if allowed is not None and banned is not None:
+            raise ValueError("pass allowed_tokens or banned_tokens, not both.")
+        mask = np.ones(vocab_size, dtype=bool)
+        if allowed is not None:
+            mask[:] = False
+            mask[self._token_ids(allowed, "allowed_tokens")] = True
+        if banned is not None:
+            mask[self._token_ids(banned, "banned_tokens")] = False
+        mask[list(self.stop_token_ids)] = True
+        return mask
+
+    def action_masks(self) -> np.ndarray:
+        """``(vocab_size,)`` bool: the tokens the agent may emit (sb3-contrib MaskablePPO calls this)."""
+        return self._action_mask.copy()
 
     @property
     def num_new_tokens(self) -> int:
