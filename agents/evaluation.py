@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from stable_baselines3.common.policies import BasePolicy
 from transformers import PreTrainedModel
 
 from agents.kv_cache import RolloutKVCache
@@ -24,9 +25,18 @@ class Episode:
     num_tokens: int
 
 
+def next_token_distribution(policy: BasePolicy, obs: dict[str, torch.Tensor]) -> torch.distributions.Categorical:
+    """The token distribution a trained policy defines: the actor's (masks included), or softmax of the
+    Q-values of DQN/QR-DQN (which are LM logits)."""
+    if isinstance(policy, LMActorCriticPolicy):
+        return policy.get_distribution(obs).distribution
+    q_values = (policy.q_net if hasattr(policy, "q_net") else policy.quantile_net)(obs)
+    return torch.distributions.Categorical(logits=q_values.mean(1) if q_values.dim() == 3 else q_values)
+
+
 @torch.no_grad()
 def sample_episodes(
-    policy: LMActorCriticPolicy,
+    policy: BasePolicy,
     env: TextGenEnv,
     prompts: Sequence[str],
     samples_per_prompt: int = 1,
@@ -39,6 +49,7 @@ def sample_episodes(
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     episodes: list[Episode] = []
     policy.set_training_mode(False)
+    policy_device = policy.device
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         # Shallow copies share the tokenizer, reward and prompt list; reset() gives each its own episode state.
@@ -48,9 +59,9 @@ def sample_episodes(
         reference_cache = RolloutKVCache()  # the reference is frozen: its cache never goes stale
         while not done.all():
             active = np.flatnonzero(~done)
-            batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy.device) for k in obs[0]}
-            distribution = policy.get_distribution(batch)
-            actions = distribution.get_actions(deterministic=deterministic)
+            batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy_device) for k in obs[0]}
+            distribution = next_token_distribution(policy, batch)
+            actions = distribution.probs.argmax(-1) if deterministic else distribution.sample()
             if reference is not None:
                 ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0)
                 ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
@@ -64,14 +75,23 @@ def sample_episodes(
     return episodes
 
 
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams / all word n-grams over ``texts``."""
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
-    """Mean/std of reward, mean KL and mean length over episodes."""
+    """Mean/std of reward, mean KL, mean length and distinct-1/2 over episodes."""
     rewards = np.array([e.reward for e in episodes])
+    completions = [e.completion for e in episodes]
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
         "kl_mean": float(np.mean([e.kl for e in episodes])),
         "length_mean": float(np.mean([e.num_tokens for e in episodes])),
+        "distinct_1": distinct_n(completions, 1),
+        "distinct_2": distinct_n(completions, 2),
         "episodes": len(episodes),
     }
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from agents.kv_cache import RolloutKVCache
 from agents.lm_forward import next_token_logits
 from agents.nlpo import TopPMask
-from lm_gym.models import ModelRef, load_causal_lm, load_tokenizer, resolve_model
+from lm_gym.models import ModelRef, load_causal_lm, resolve_model, save_pretrained
 
 Masks = np.ndarray | torch.Tensor | None
 
@@ -48,6 +48,9 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         top_p_mask: NLPO-style masking: allow only the top-p nucleus of a delayed copy of the LM
             (``None``: off). Combined with the env's ``action_masks()`` under MaskablePPO.
         mask_update_interval: updates between refreshes of that delayed copy.
+        shared_critic: let the value loss train the LM as well as the value head (PPO/A2C practice).
+            TRPO needs ``False``: its value step runs an optimizer over every parameter, which would move
+            the policy outside its trust region.
         **kwargs: the usual policy arguments; the MLP ones (``net_arch``, ``activation_fn``) have no
             effect, and ``ortho_init`` is forced off because it would overwrite pretrained weights.
     """
@@ -65,6 +68,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         group_episodes: bool = True,
         top_p_mask: float | None = None,
         mask_update_interval: int = 5,
+        shared_critic: bool = True,
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -85,6 +89,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         self.autocast_dtype = autocast_dtype
         self.use_kv_cache, self.group_episodes = use_kv_cache, group_episodes
         self.top_p_mask, self.mask_update_interval = top_p_mask, mask_update_interval
+        self.shared_critic = shared_critic
         self.kv_cache = RolloutKVCache()
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
@@ -121,7 +126,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         data.update(model=self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation,
                     autocast_dtype=self.autocast_dtype, use_kv_cache=self.use_kv_cache,
                     group_episodes=self.group_episodes, top_p_mask=self.top_p_mask,
-                    mask_update_interval=self.mask_update_interval)
+                    mask_update_interval=self.mask_update_interval, shared_critic=self.shared_critic)
         return data
 
     def set_training_mode(self, mode: bool) -> None:
@@ -153,7 +158,8 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         else:
             with self._autocast():
                 logits, hidden = next_token_logits(self.lm, obs, self.action_space.n, group=self.group_episodes)
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
+        critic_input = hidden if self.shared_critic else hidden.detach()
+        values = self.value_head(critic_input.to(self.value_head.weight.dtype)).float()
         distribution = self.action_dist.proba_distribution(action_logits=logits.float())
         masks = self._masks(obs, action_masks, cached)
         if masks is not None:
@@ -199,16 +205,8 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         return reference.to(self.device).eval().requires_grad_(False)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the LM and its tokenizer in Hugging Face format (``from_pretrained``/``pipeline`` load it).
-
-        Refuses a non-empty directory unless ``overwrite=True``, so nothing saved earlier is lost.
-        """
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{path} is not empty; choose a new directory or pass overwrite=True.")
-        self.lm.save_pretrained(path)
-        load_tokenizer(self.model_name).save_pretrained(path)
-        return path
+        """Save the LM and its tokenizer in Hugging Face format; refuses a non-empty directory."""
+        return save_pretrained(self.lm, self.model_name, path, overwrite)
 
 
 def _eos_ids(lm: PreTrainedModel) -> list[int]:

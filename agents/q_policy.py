@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,15 +14,19 @@ from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
 from agents.lm_forward import next_token_logits
-from lm_gym.models import ModelRef, load_causal_lm
+from lm_gym.models import ModelRef, load_causal_lm, save_pretrained
 
 
 class LMQNetwork(BasePolicy):
-    """Q(s, a) is the LM's logit of token ``a`` after prefix ``s``; greedy action = greedy decoding.
+    """Q-values from the LM's next-token logits, in dueling form: ``Q(s, a) = V(s) + log_softmax(logits(s))[a]``.
 
-    With ``n_quantiles`` (QR-DQN), quantile ``k`` of Q(s, a) is ``logit(a) + offset_k(s)``: a linear head
-    on the last hidden state gives ``n_quantiles`` offsets shared by all tokens. A QR-DQN head of its own
-    (``hidden x n_quantiles x vocab``) would hold 653M parameters at GPT-2's 50,257 tokens.
+    Shifting logits by a per-state constant changes neither the greedy token nor softmax(Q), so Q ranks
+    tokens exactly as the LM does, and softmax(Q) is the LM's distribution. The shift is what raw logits
+    lack: a linear ``value_head`` on the last hidden state gives V(s) (zero at start), so TD targets
+    ``r + max Q(s')`` train V to the return and move a token's log-prob only by its advantage.
+
+    With ``n_quantiles`` (QR-DQN) the head gives one V per quantile, shared by all tokens. A QR-DQN head of
+    its own (``hidden x n_quantiles x vocab``) would hold 653M parameters at GPT-2's 50,257 tokens.
 
     Returns ``(B, n_actions)`` Q-values, or ``(B, n_quantiles, n_actions)`` quantiles.
     """
@@ -31,24 +36,31 @@ class LMQNetwork(BasePolicy):
         super().__init__(observation_space, action_space, **kwargs)
         self.model_name, self.lm_dtype, self.n_quantiles = model, dtype, n_quantiles
         self.lm = load_causal_lm(model, dtype=dtype)
-        if n_quantiles is not None:
-            self.quantile_offsets = nn.Linear(self.lm.get_input_embeddings().embedding_dim, n_quantiles,
-                                              dtype=self.lm.dtype)
-            nn.init.zeros_(self.quantile_offsets.weight)
-            nn.init.zeros_(self.quantile_offsets.bias)
+        self.value_head = nn.Linear(self.lm.get_input_embeddings().embedding_dim, n_quantiles or 1,
+                                    dtype=self.lm.dtype)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
 
     def forward(self, obs: PyTorchObs) -> torch.Tensor:
         logits, hidden = next_token_logits(self.lm, obs, int(self.action_space.n))
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).float()  # (B, 1 or n_quantiles)
+        log_probs = logits.log_softmax(-1)
         if self.n_quantiles is None:
-            return logits
-        offsets = self.quantile_offsets(hidden.to(self.quantile_offsets.weight.dtype)).float()
-        return logits.unsqueeze(1) + offsets.unsqueeze(-1)
+            return values + log_probs
+        return values.unsqueeze(-1) + log_probs.unsqueeze(1)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> torch.Tensor:
+        """Greedy when deterministic; otherwise a sample from softmax(Q), i.e. from the LM's distribution.
+
+        SB3's off-policy loop asks for non-deterministic actions while collecting: Boltzmann exploration
+        over the vocabulary, where epsilon-greedy would almost never try the token that matters.
+        """
         q_values = self(observation)
         if self.n_quantiles is not None:
             q_values = q_values.mean(dim=1)
-        return q_values.argmax(dim=1).reshape(-1)
+        if deterministic:
+            return q_values.argmax(dim=1).reshape(-1)
+        return torch.distributions.Categorical(logits=q_values).sample().reshape(-1)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -72,6 +84,14 @@ class LMDQNPolicy(DQNPolicy):
     def make_q_net(self) -> LMQNetwork:
         return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype).to(self.device)
 
+    @property
+    def lm(self):
+        return self.q_net.lm
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the online Q-network's LM and its tokenizer in Hugging Face format."""
+        return save_pretrained(self.lm, self.model_name, path, overwrite)
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(model=self.model_name, dtype=self.lm_dtype)
@@ -89,6 +109,14 @@ class LMQRDQNPolicy(QRDQNPolicy):
     def make_quantile_net(self) -> LMQNetwork:
         return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype,
                           n_quantiles=self.n_quantiles).to(self.device)
+
+    @property
+    def lm(self):
+        return self.quantile_net.lm
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the online quantile network's LM and its tokenizer in Hugging Face format."""
+        return save_pretrained(self.lm, self.model_name, path, overwrite)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

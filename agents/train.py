@@ -12,18 +12,14 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.buffers import EpisodeRolloutBuffer
+from agents.algorithms import ALGORITHMS, make_algorithm
 from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
 from agents.kl import KLPenaltyCallback
-from agents.policy import LMActorCriticPolicy
 from lm_gym.env import TextGenEnv
+from lm_gym.models import load_causal_lm
 from lm_gym.prompts import HELDOUT_PROMPTS, load_prompts
 from lm_gym.vector import make_vec_env
-
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 
 
 @dataclass
@@ -39,37 +35,33 @@ class TrainConfig:
     max_new_tokens: int = 16
     steps: int = 49_152
     n_envs: int = 8
-    n_steps: int = 64  # env steps per env per rollout
-    batch_size: int = 128
-    n_epochs: int = 4
-    learning_rate: float = 1e-4
-    gamma: float = 1.0  # finite episodes scored at the end: no discounting
-    kl_coef: float = 0.05
+    # Algorithm hyperparameters: None keeps the algorithm's default (agents.algorithms.ALGORITHMS).
+    learning_rate: float | None = None
+    n_steps: int | None = None  # env steps per env per rollout (on-policy)
+    batch_size: int | None = None
+    n_epochs: int | None = None  # PPO, MaskablePPO
+    kl_coef: float = 0.05  # on-policy algorithms
     kl_target: float | None = None  # nats per episode; None keeps kl_coef fixed
     seed: int = 0
     device: str = "auto"
     eval_samples: int = 8  # completions per held-out prompt, before and after
     out: str = "runs"
+    env_options: dict[str, Any] = field(default_factory=dict)  # any other TextGenEnv arguments
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return dict(model=self.model, reward=self.reward, reward_kwargs=self.reward_kwargs, prompts=self.prompts,
+                    max_new_tokens=self.max_new_tokens, **self.env_options)
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        return dict(learning_rate=self.learning_rate, n_steps=self.n_steps, batch_size=self.batch_size,
+                    n_epochs=self.n_epochs)
 
 
-def make_algorithm(config: TrainConfig, env) -> BaseAlgorithm:
-    if config.algo not in ALGORITHMS:
-        raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
-    common = dict(learning_rate=config.learning_rate, n_steps=config.n_steps, gamma=config.gamma,
-                  seed=config.seed, device=config.device, policy_kwargs={"model": config.model},
-                  rollout_buffer_class=EpisodeRolloutBuffer)
-    if config.algo == "ppo":
-        return PPO(LMActorCriticPolicy, env, batch_size=config.batch_size, n_epochs=config.n_epochs, **common)
-    # A2C's default RMSprop(lr=7e-4) is tuned for small MLPs; an LM wants Adam at a fine-tuning rate.
-    common["policy_kwargs"].update(optimizer_class=torch.optim.Adam, optimizer_kwargs={"eps": 1e-5})
-    return A2C(LMActorCriticPolicy, env, **common)
-
-
-def new_run_dir(base: str | Path, algo: str) -> Path:
+def new_run_dir(base: str | Path, name: str) -> Path:
     """A fresh directory under ``base``; an existing run is never reused or overwritten."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for suffix in ["", *(f"-{i}" for i in range(1, 1000))]:
-        path = Path(base) / f"{algo}-{stamp}{suffix}"
+        path = Path(base) / f"{name}-{stamp}{suffix}"
         try:
             path.mkdir(parents=True, exist_ok=False)
             return path
@@ -78,21 +70,35 @@ def new_run_dir(base: str | Path, algo: str) -> Path:
     raise FileExistsError(f"could not create a new run directory under {base}")
 
 
-def train(config: TrainConfig, console: Console | None = None) -> Path:
-    """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
-    console = console or Console()
-    env_kwargs = dict(model=config.model, reward=config.reward, reward_kwargs=config.reward_kwargs,
-                      prompts=config.prompts, max_new_tokens=config.max_new_tokens)
+def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
+    """Training VecEnv, a single eval env and the held-out prompt texts, all with one observation window."""
+    env_kwargs = config.env_kwargs()
     held_out = load_prompts(config.eval_prompts or HELDOUT_PROMPTS)
     # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
     eval_env = TextGenEnv(**{**env_kwargs, "prompts": load_prompts(config.prompts) + held_out})
     env_kwargs["max_prompt_tokens"] = eval_env.max_prompt_tokens
     vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed, **env_kwargs)
-    algorithm = make_algorithm(config, vec_env)
-    policy: LMActorCriticPolicy = algorithm.policy
-    held_out = [p.text for p in held_out]
-    kl_callback = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
-    reference = kl_callback.reference = policy.load_reference_model()
+    return vec_env, eval_env, [p.text for p in held_out]
+
+
+def train(config: TrainConfig, console: Console | None = None) -> Path:
+    """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
+    console = console or Console()
+    if config.algo not in ALGORITHMS:
+        raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
+    vec_env, eval_env, held_out = make_envs(config)
+    algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
+                               **config.algorithm_kwargs())
+    policy = algorithm.policy
+    reference = load_causal_lm(config.model).to(policy.device).eval().requires_grad_(False)
+    callbacks = []
+    if ALGORITHMS[config.algo].on_policy:
+        kl_callback = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
+        kl_callback.reference = reference
+        callbacks.append(kl_callback)
+    else:
+        console.print(f"note: KL shaping applies to on-policy algorithms; {config.algo} trains on the task reward "
+                      "alone (its KL to the initial LM is still reported).")
 
     def evaluate():
         torch.manual_seed(config.seed)
@@ -104,16 +110,16 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
                   f"model={config.model or 'bundled tiny LM'}, {config.steps} steps on {policy.device} -> {run_dir}")
     before, before_episodes = evaluate()
     start = time.perf_counter()
-    algorithm.learn(total_timesteps=config.steps, callback=kl_callback, progress_bar=True)
+    algorithm.learn(total_timesteps=config.steps, callback=callbacks, progress_bar=True)
     train_seconds = time.perf_counter() - start
     after, after_episodes = evaluate()
 
     table = Table(title=f"held-out prompts ({len(held_out)} x {config.eval_samples} samples)")
-    for column in ("", "reward", "KL to initial LM (nats)", "tokens"):
+    for column in ("", "reward", "KL to initial LM (nats)", "distinct-2", "tokens"):
         table.add_column(column)
     for name, stats in (("before", before), ("after", after)):
         table.add_row(name, f"{stats['reward_mean']:+.3f} ± {stats['reward_std']:.3f}", f"{stats['kl_mean']:.2f}",
-                      f"{stats['length_mean']:.1f}")
+                      f"{stats['distinct_2']:.2f}", f"{stats['length_mean']:.1f}")
     console.print(table)
     samples = Table(title="samples (first per prompt)")
     for column in ("prompt", "before", "after"):

@@ -72,3 +72,16 @@ def disable_dropout(module: torch.nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, torch.nn.Dropout):
             sub.p = 0.0
+
+
+def save_pretrained(lm: PreTrainedModel, model: ModelRef, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save ``lm`` with the tokenizer of ``model`` in Hugging Face format (``from_pretrained``, ``pipeline``).
+
+    Refuses a non-empty directory unless ``overwrite=True``, so nothing saved earlier is lost.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} is not empty; choose a new directory or pass overwrite=True.")
+    lm.save_pretrained(path)
+    load_tokenizer(model).save_pretrained(path)
+    return path

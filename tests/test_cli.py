@@ -6,8 +6,8 @@ from transformers import pipeline
 
 from agents.cli import build_parser, main
 
-FAST = ["--steps", "256", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--n-epochs", "1",
-        "--eval-samples", "2", "--max-new-tokens", "4"]
+COMMON = ["--steps", "256", "--n-envs", "2", "--eval-samples", "2", "--max-new-tokens", "4"]
+FAST = [*COMMON, "--n-steps", "32", "--batch-size", "32", "--n-epochs", "1"]
 
 
 def test_train_writes_a_new_run_directory_that_loads_everywhere(tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_train_writes_a_new_run_directory_that_loads_everywhere(tmp_path, capsys
 
 
 def test_train_with_a2c_and_options(tmp_path):
-    main(["train", *FAST, "--algo", "a2c", "--reward", "length", "--reward-kwargs", '{"target": 3}',
+    main(["train", *COMMON, "--n-steps", "8", "--algo", "a2c", "--reward", "length", "--reward-kwargs", '{"target": 3}',
           "--kl-target", "2.0", "--out", str(tmp_path)])
     (run,) = tmp_path.iterdir()
     assert run.name.startswith("a2c-")
@@ -44,6 +44,8 @@ def test_bad_cli_arguments_are_refused(capsys):
     assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a known reward"):
         main(["train", *FAST, "--reward", "nope"])
+    with pytest.raises(ValueError, match="n_epochs do.*not apply to algo='a2c'"):
+        main(["train", *COMMON, "--algo", "a2c", "--n-epochs", "2"])
 
 
 def test_examples_run_as_written(tmp_path):
