@@ -91,6 +91,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         self.top_p_mask, self.mask_update_interval = top_p_mask, mask_update_interval
         self.shared_critic = shared_critic
         self.kv_cache = RolloutKVCache()
+        self._in_update = False
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
@@ -130,10 +131,12 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         return data
 
     def set_training_mode(self, mode: bool) -> None:
+        # SB3 switches to training mode for each update (train()) and back for rollouts and predict().
         if mode:  # the update will change the weights (the version check would drop the cache anyway):
             self.kv_cache.reset()  # free its memory for the update's activations now
-        elif self.training and self.nlpo is not None:  # an update just ended
+        elif self._in_update and self.nlpo is not None:
             self.nlpo.on_update_done(self.lm)
+        self._in_update = mode
         super().set_training_mode(mode)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
