@@ -68,8 +68,8 @@ class LMQNetwork(BasePolicy):
         return data
 
 
-class LMDQNPolicy(DQNPolicy):
-    """SB3 DQN policy with an :class:`LMQNetwork` (and a target copy): ``DQN(LMDQNPolicy, env)``.
+class LMQPolicyMixin:
+    """What both Q policies share: the LM by name or path, its Q-network, and export to Hugging Face.
 
     Args:
         model: Hugging Face name or local path of the causal LM (``None``: the bundled tiny LM).
@@ -81,44 +81,37 @@ class LMDQNPolicy(DQNPolicy):
         self.model_name, self.lm_dtype = None if model is None else str(model), dtype
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
+    def lm_q_network(self, n_quantiles: int | None = None) -> LMQNetwork:
+        return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype,
+                          n_quantiles=n_quantiles).to(self.device)
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the online network's LM and its tokenizer in Hugging Face format; refuses a non-empty directory."""
+        return save_pretrained(self.lm, self.model_name, path, overwrite)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(model=self.model_name, dtype=self.lm_dtype)
+        return data
+
+
+class LMDQNPolicy(LMQPolicyMixin, DQNPolicy):
+    """SB3 DQN policy with an :class:`LMQNetwork` (and a target copy): ``DQN(LMDQNPolicy, env)``."""
+
     def make_q_net(self) -> LMQNetwork:
-        return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype).to(self.device)
+        return self.lm_q_network()
 
     @property
     def lm(self):
         return self.q_net.lm
 
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the online Q-network's LM and its tokenizer in Hugging Face format."""
-        return save_pretrained(self.lm, self.model_name, path, overwrite)
 
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(model=self.model_name, dtype=self.lm_dtype)
-        return data
-
-
-class LMQRDQNPolicy(QRDQNPolicy):
+class LMQRDQNPolicy(LMQPolicyMixin, QRDQNPolicy):
     """sb3-contrib QR-DQN policy with an :class:`LMQNetwork` of ``n_quantiles``: ``QRDQN(LMQRDQNPolicy, env)``."""
 
-    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule: Schedule,
-                 model: ModelRef = None, dtype: str | None = None, **kwargs: Any):
-        self.model_name, self.lm_dtype = None if model is None else str(model), dtype
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
-
     def make_quantile_net(self) -> LMQNetwork:
-        return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype,
-                          n_quantiles=self.n_quantiles).to(self.device)
+        return self.lm_q_network(self.n_quantiles)
 
     @property
     def lm(self):
         return self.quantile_net.lm
-
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the online quantile network's LM and its tokenizer in Hugging Face format."""
-        return save_pretrained(self.lm, self.model_name, path, overwrite)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(model=self.model_name, dtype=self.lm_dtype)
-        return data

@@ -30,6 +30,15 @@ SHAPES = {
 }
 
 
+def add_shape_arguments(parser) -> None:
+    """The arguments every rollout/update benchmark takes: model shape, batch, lengths, repeats."""
+    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+
+
 def model_path(shape: str) -> str:
     """A directory holding the LM of this shape and the bundled tokenizer."""
     if SHAPES[shape] is None:

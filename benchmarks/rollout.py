@@ -16,7 +16,7 @@ from stable_baselines3 import PPO
 
 import lm_gym
 from agents import EpisodeRolloutBuffer, LMActorCriticPolicy
-from harness import device, machine, median_seconds, model_path, prompts_of_length
+from harness import add_shape_arguments, device, machine, median_seconds, model_path, prompts_of_length
 
 
 def ppo_for(path: str, n_envs: int, prompt_tokens: int, new_tokens: int, buffer_class=EpisodeRolloutBuffer,
@@ -51,11 +51,7 @@ def generate_seconds(model: PPO, prompts: list[str], new_tokens: int, repeats: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny")
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_shape_arguments(parser)
     args = parser.parse_args()
     path = model_path(args.shape)
     tokens = 2 * args.new_tokens * args.n_envs  # per rollout

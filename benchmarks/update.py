@@ -17,7 +17,7 @@ import torch
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
 from agents.lm_forward import position_ids
-from harness import machine, median_seconds, model_path
+from harness import add_shape_arguments, machine, median_seconds, model_path
 from rollout import ppo_for
 
 
@@ -53,11 +53,7 @@ def train_seconds(model, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny")
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_shape_arguments(parser)
     parser.add_argument("--skip-stock", action="store_true", help="skip the (slow) stock per-token buffer")
     args = parser.parse_args()
     path = model_path(args.shape)

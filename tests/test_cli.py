@@ -61,3 +61,7 @@ def test_examples_run_as_written(tmp_path):
     custom = run(str(root / "examples" / "custom_reward.py"))
     assert custom.returncode == 0, custom.stderr[-2000:]
     assert custom.stdout.count("trained") == 3
+    comparison = run(str(root / "examples" / "compare_algorithms.py"), "--algos", "ppo,a2c", "--steps", "128",
+                     "--seeds", "1", "--out", "cmp")
+    assert comparison.returncode == 0, comparison.stderr[-2000:]
+    assert (next((tmp_path / "cmp").iterdir()) / "curves.png").exists()
