@@ -22,7 +22,6 @@ from agents.algorithms import ALGORITHMS, make_algorithm
 from agents.evaluation import sample_episodes, summarize
 from agents.kl import KLPenaltyCallback
 from agents.train import TrainConfig, make_envs, new_run_dir
-from lm_gym.models import load_causal_lm
 
 
 class LearningCurveCallback(BaseCallback):
@@ -53,7 +52,7 @@ def run_one(config: TrainConfig, every: int, report=None) -> dict:
     vec_env, eval_env, held_out = make_envs(config)
     algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
                                **config.algorithm_kwargs())
-    reference = load_causal_lm(config.model).to(algorithm.policy.device).eval().requires_grad_(False)
+    reference = algorithm.policy.load_reference_model()
     curve = LearningCurveCallback(every, report)
     callbacks = [curve]
     if ALGORITHMS[config.algo].on_policy and config.kl_coef > 0:

@@ -60,6 +60,16 @@ class KLPenaltyCallback(BaseCallback):
     def coef(self) -> float:
         return self._coef if self.controller is None else self.controller.coef
 
+    def state_dict(self) -> dict:
+        """The coefficient (which the adaptive controller moves), for checkpoints."""
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.controller is None:
+            self._coef = state["coef"]
+        else:
+            self.controller.coef = state["coef"]
+
     def _on_training_start(self) -> None:
         policy = self.model.policy
         if not isinstance(policy, LMActorCriticPolicy):

@@ -77,7 +77,7 @@ def _extend(lm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, prev_mas
 def _full(lm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n_actions: int
           ) -> tuple[torch.Tensor, torch.Tensor, Layers]:
     """Run whole windows (new episodes, or rows the cache cannot prove) and keep their keys/values."""
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(type(lm)) else {}
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(lm) else {}
     out = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
              output_hidden_states=True, **keep)
     layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]

@@ -32,9 +32,18 @@ def continues(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor
     )
 
 
+def accepts_logits_to_keep(lm: PreTrainedModel) -> bool:
+    """Most causal LMs can skip the vocabulary projection for positions nobody reads.
+
+    Wrappers (peft's ``PeftModel``, :class:`agents.lora.AdaptersDisabled`) pass the argument through to
+    the model they wrap, so the wrapped model's signature decides.
+    """
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return _forward_takes_logits_to_keep(type(base))
+
+
 @functools.cache
-def accepts_logits_to_keep(lm_class: type[PreTrainedModel]) -> bool:
-    """Most causal LMs can skip the vocabulary projection for positions nobody reads."""
+def _forward_takes_logits_to_keep(lm_class: type[PreTrainedModel]) -> bool:
     return "logits_to_keep" in inspect.signature(lm_class.forward).parameters
 
 
@@ -66,7 +75,7 @@ def next_token_logits(
     chain = torch.searchsorted(last_rows, rows)  # which forwarded row holds each row's logits
     offset = last_rows[chain] - rows  # ... and how many columns before its end
     kwargs: dict[str, Any] = {}
-    if accepts_logits_to_keep(type(lm)):
+    if accepts_logits_to_keep(lm):
         kwargs["logits_to_keep"] = int(offset.max()) + 1 if n > 1 else 1
     out = lm(input_ids=ids[last_rows], attention_mask=mask[last_rows], position_ids=position_ids(mask[last_rows]),
              output_hidden_states=True, use_cache=False, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from transformers import PreTrainedModel
@@ -70,6 +71,4 @@ class TopPMask:
 
 
 def _frozen_copy(lm: PreTrainedModel) -> PreTrainedModel:
-    copy = type(lm)(lm.config).to(device=lm.device, dtype=lm.dtype)
-    copy.load_state_dict(lm.state_dict())
-    return copy.eval().requires_grad_(False)
+    return copy.deepcopy(lm).eval().requires_grad_(False)  # deepcopy: also right for LoRA-wrapped LMs

@@ -18,7 +18,8 @@ from transformers import PreTrainedModel
 from agents.kv_cache import RolloutKVCache
 from agents.lm_forward import next_token_logits
 from agents.nlpo import TopPMask
-from lm_gym.models import ModelRef, load_causal_lm, resolve_model, save_pretrained
+from agents.lora import AdaptersDisabled, add_lora, merged_copy
+from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, resolve_model, save_pretrained
 
 Masks = np.ndarray | torch.Tensor | None
 
@@ -48,6 +49,8 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         top_p_mask: NLPO-style masking: allow only the top-p nucleus of a delayed copy of the LM
             (``None``: off). Combined with the env's ``action_masks()`` under MaskablePPO.
         mask_update_interval: updates between refreshes of that delayed copy.
+        lora: train LoRA adapters only (``peft.LoraConfig`` arguments, e.g. ``{"r": 8, "lora_alpha": 16}``);
+            the KL reference is then the same model with adapters disabled: one LM in memory, not two.
         shared_critic: let the value loss train the LM as well as the value head (PPO/A2C practice).
             TRPO needs ``False``: its value step runs an optimizer over every parameter, which would move
             the policy outside its trust region.
@@ -69,6 +72,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         top_p_mask: float | None = None,
         mask_update_interval: int = 5,
         shared_critic: bool = True,
+        lora: dict[str, Any] | None = None,
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -90,6 +94,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         self.use_kv_cache, self.group_episodes = use_kv_cache, group_episodes
         self.top_p_mask, self.mask_update_interval = top_p_mask, mask_update_interval
         self.shared_critic = shared_critic
+        self.lora = lora
         self.kv_cache = RolloutKVCache()
         self._in_update = False
         kwargs["ortho_init"] = False
@@ -98,6 +103,8 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         self.lm = load_causal_lm(self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation)
         lm_vocab = self.lm.get_output_embeddings().out_features
+        if self.lora is not None:
+            self.lm = add_lora(self.lm, self.lora)
         if self.action_space.n > lm_vocab:
             raise ValueError(
                 f"the env's vocabulary has {self.action_space.n} tokens but model={resolve_model(self.model_name)!r} "
@@ -120,14 +127,16 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         # A plain attribute, not a submodule: see TopPMask.
         self.__dict__["nlpo"] = None if self.top_p_mask is None else TopPMask(
             self.lm, self.top_p_mask, self.mask_update_interval, _eos_ids(self.lm))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # with LoRA: adapters and value head
+        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(model=self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation,
                     autocast_dtype=self.autocast_dtype, use_kv_cache=self.use_kv_cache,
                     group_episodes=self.group_episodes, top_p_mask=self.top_p_mask,
-                    mask_update_interval=self.mask_update_interval, shared_critic=self.shared_critic)
+                    mask_update_interval=self.mask_update_interval, shared_critic=self.shared_critic,
+                    lora=self.lora)
         return data
 
     def set_training_mode(self, mode: bool) -> None:
@@ -202,14 +211,19 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         return self._distribution_and_values(obs)[1]
 
-    def load_reference_model(self) -> PreTrainedModel:
-        """A frozen copy of the initial LM (reloaded from ``model``), on this policy's device, for KL terms."""
-        reference = load_causal_lm(self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation)
-        return reference.to(self.device).eval().requires_grad_(False)
+    def load_reference_model(self) -> nn.Module:
+        """The initial LM, frozen, for KL terms: with LoRA the policy's own LM with adapters disabled,
+        otherwise a copy reloaded from ``model`` onto this policy's device."""
+        if self.lora is not None:
+            return AdaptersDisabled(self.lm)
+        return load_frozen_lm(self.model_name, self.device, dtype=self.lm_dtype,
+                              attn_implementation=self.attn_implementation)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the LM and its tokenizer in Hugging Face format; refuses a non-empty directory."""
-        return save_pretrained(self.lm, self.model_name, path, overwrite)
+        """Save the LM (LoRA adapters merged in) and its tokenizer in Hugging Face format; refuses a
+        non-empty directory."""
+        lm = merged_copy(self.lm) if self.lora is not None else self.lm
+        return save_pretrained(lm, self.model_name, path, overwrite)
 
 
 def _eos_ids(lm: PreTrainedModel) -> list[int]:

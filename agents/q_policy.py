@@ -14,7 +14,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
 from agents.lm_forward import next_token_logits
-from lm_gym.models import ModelRef, load_causal_lm, save_pretrained
+from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, save_pretrained
 
 
 class LMQNetwork(BasePolicy):
@@ -84,6 +84,10 @@ class LMQPolicyMixin:
     def lm_q_network(self, n_quantiles: int | None = None) -> LMQNetwork:
         return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype,
                           n_quantiles=n_quantiles).to(self.device)
+
+    def load_reference_model(self) -> nn.Module:
+        """A frozen copy of the initial LM on this policy's device, for KL terms."""
+        return load_frozen_lm(self.model_name, self.device, dtype=self.lm_dtype)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the online network's LM and its tokenizer in Hugging Face format; refuses a non-empty directory."""

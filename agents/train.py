@@ -1,7 +1,12 @@
-"""One training run: build the env and the algorithm, train with KL shaping, report before/after, save."""
+"""One training run: env and algorithm from a config, KL shaping, checkpoints, before/after report, exports.
+
+A run directory holds ``config.yaml`` (the resolved config), ``before.json``, ``checkpoints/``,
+``tensorboard/`` and, once finished, ``model.zip`` (SB3), ``lm/`` (Hugging Face) and ``summary.json``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,28 +15,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.algorithms import ALGORITHMS, make_algorithm
+from agents.checkpoints import CheckpointCallback, CheckpointError, checkpoint_dirs, load_checkpoint
 from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
 from agents.kl import KLPenaltyCallback
+from agents.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
-from lm_gym.models import load_causal_lm
-from lm_gym.prompts import HELDOUT_PROMPTS, load_prompts
+from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts
 from lm_gym.vector import make_vec_env
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; the CLI flags map one to one onto these fields."""
+    """Everything that defines a run. CLI flags and YAML keys map one to one onto these fields."""
 
     algo: str = "ppo"
-    model: str | None = None  # None: the bundled tiny LM
+    model: str | None = None  # Hugging Face name or path; None: the bundled tiny LM
     reward: str = "sentiment"
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
-    prompts: str | None = None  # None: the bundled training prompts
-    eval_prompts: str | None = None  # None: the bundled held-out prompts
+    prompts: str | None = None  # .txt/.jsonl path, or a dataset name/path with prompt_column; None: bundled
+    eval_prompts: str | None = None  # held-out prompts (same kinds); None: eval_split, else bundled held-out
+    prompt_column: str | None = None  # set: `prompts` is a Hugging Face dataset and this its text column
+    references_column: str | None = None
+    split: str = "train"
+    eval_split: str | None = None  # held-out split of the same dataset, e.g. "test"
     max_new_tokens: int = 16
     steps: int = 49_152
     n_envs: int = 8
@@ -42,19 +54,57 @@ class TrainConfig:
     n_epochs: int | None = None  # PPO, MaskablePPO
     kl_coef: float = 0.05  # on-policy algorithms
     kl_target: float | None = None  # nats per episode; None keeps kl_coef fixed
+    lora: dict[str, Any] | None = None  # peft LoraConfig arguments, e.g. {"r": 8, "lora_alpha": 16}
+    dtype: str | None = None  # LM weights, e.g. "bfloat16"
+    autocast_dtype: str | None = None  # e.g. "bfloat16"; the action distribution stays float32
     seed: int = 0
     device: str = "auto"
     eval_samples: int = 8  # completions per held-out prompt, before and after
+    checkpoint_every: int = 8192  # env steps between checkpoints; 0: none
+    log_samples: int = 4  # completions logged as text per rollout
     out: str = "runs"
     env_options: dict[str, Any] = field(default_factory=dict)  # any other TextGenEnv arguments
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; valid keys are {sorted(known)}.")
+        return cls(**values)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+    def _prompts(self, source: str | None, split: str) -> list[Prompt]:
+        if self.prompt_column is not None:
+            return dataset_prompts(source, self.prompt_column, split, self.references_column)
+        return load_prompts(source)
+
+    def train_prompts(self) -> list[Prompt]:
+        return self._prompts(self.prompts, self.split)
+
+    def held_out_prompts(self) -> list[Prompt]:
+        if self.eval_prompts is not None:
+            return self._prompts(self.eval_prompts, self.eval_split or self.split)
+        if self.eval_split is not None:
+            return self._prompts(self.prompts, self.eval_split)
+        return load_prompts(HELDOUT_PROMPTS)
+
     def env_kwargs(self) -> dict[str, Any]:
-        return dict(model=self.model, reward=self.reward, reward_kwargs=self.reward_kwargs, prompts=self.prompts,
+        return dict(model=self.model, reward=self.reward, reward_kwargs=self.reward_kwargs,
                     max_new_tokens=self.max_new_tokens, **self.env_options)
 
     def algorithm_kwargs(self) -> dict[str, Any]:
+        policy_kwargs = {k: v for k, v in (("lora", self.lora), ("dtype", self.dtype),
+                                           ("autocast_dtype", self.autocast_dtype)) if v is not None}
         return dict(learning_rate=self.learning_rate, n_steps=self.n_steps, batch_size=self.batch_size,
-                    n_epochs=self.n_epochs)
+                    n_epochs=self.n_epochs, policy_kwargs=policy_kwargs)
 
 
 def new_run_dir(base: str | Path, name: str) -> Path:
@@ -73,29 +123,47 @@ def new_run_dir(base: str | Path, name: str) -> Path:
 def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
     """Training VecEnv, a single eval env and the held-out prompt texts, all with one observation window."""
     env_kwargs = config.env_kwargs()
-    held_out = load_prompts(config.eval_prompts or HELDOUT_PROMPTS)
+    train_prompts, held_out = config.train_prompts(), config.held_out_prompts()
     # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
-    eval_env = TextGenEnv(**{**env_kwargs, "prompts": load_prompts(config.prompts) + held_out})
-    env_kwargs["max_prompt_tokens"] = eval_env.max_prompt_tokens
-    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed, **env_kwargs)
+    eval_env = TextGenEnv(**{**env_kwargs, "prompts": train_prompts + held_out})
+    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed, prompts=train_prompts,
+                           max_prompt_tokens=eval_env.max_prompt_tokens, **env_kwargs)
     return vec_env, eval_env, [p.text for p in held_out]
 
 
-def train(config: TrainConfig, console: Console | None = None) -> Path:
-    """Train, print reward/KL and samples before vs after, save everything into a new run directory."""
+def train(config: TrainConfig | None = None, resume: str | Path | None = None, console: Console | None = None,
+          callbacks: list[BaseCallback] = ()) -> Path:
+    """Train (or, with ``resume=RUN``, continue RUN from its last checkpoint), report, save; returns the run dir.
+
+    ``callbacks`` are extra SB3 callbacks, run alongside lm-gym's own.
+    """
     console = console or Console()
-    if config.algo not in ALGORITHMS:
-        raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
+    if resume is not None:
+        run_dir = Path(resume)
+        config = TrainConfig.from_yaml(run_dir / "config.yaml")
+        if (run_dir / "model.zip").exists():
+            raise FileExistsError(f"{run_dir} finished already (model.zip exists); start a new run instead.")
+        checkpoints = checkpoint_dirs(run_dir)
+        if not checkpoints:
+            raise CheckpointError(f"{run_dir} has no checkpoint to resume from (checkpoints/step-*).")
+    else:
+        config = config or TrainConfig()
+        if config.algo not in ALGORITHMS:
+            raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
+    spec = ALGORITHMS[config.algo]
     vec_env, eval_env, held_out = make_envs(config)
-    algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
-                               **config.algorithm_kwargs())
+    kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target) if spec.on_policy else None
+    if resume is not None:
+        algorithm = load_checkpoint(checkpoints[-1], spec.cls, vec_env, device=config.device, kl=kl)
+    else:
+        run_dir = new_run_dir(config.out, config.algo)
+        config.to_yaml(run_dir / "config.yaml")
+        algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
+                                   tensorboard_log=_tensorboard_dir(run_dir), **config.algorithm_kwargs())
     policy = algorithm.policy
-    reference = load_causal_lm(config.model).to(policy.device).eval().requires_grad_(False)
-    callbacks = []
-    if ALGORITHMS[config.algo].on_policy:
-        kl_callback = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
-        kl_callback.reference = reference
-        callbacks.append(kl_callback)
+    reference = policy.load_reference_model()
+    if kl is not None:
+        kl.reference = reference
     else:
         console.print(f"note: KL shaping applies to on-policy algorithms; {config.algo} trains on the task reward "
                       "alone (its KL to the initial LM is still reported).")
@@ -105,16 +173,42 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
         episodes = sample_episodes(policy, eval_env, held_out, config.eval_samples, reference=reference)
         return summarize(episodes), episodes
 
-    run_dir = new_run_dir(config.out, config.algo)
+    done = algorithm.num_timesteps
     console.print(f"[bold]lm-gym train[/bold]: {config.algo} on TextGen-v0, reward={config.reward!r}, "
-                  f"model={config.model or 'bundled tiny LM'}, {config.steps} steps on {policy.device} -> {run_dir}")
-    before, before_episodes = evaluate()
+                  f"model={config.model or 'bundled tiny LM'}, {config.steps} steps on {policy.device} -> {run_dir}"
+                  + (f" (resuming at step {done})" if resume is not None else ""))
+    if resume is None:
+        before, before_episodes = evaluate()
+        (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": episodes_to_dicts(before_episodes)}))
+    saved = json.loads((run_dir / "before.json").read_text())
+    before, before_samples = saved["stats"], saved["samples"]
+
+    own = [SampleLogCallback(config.log_samples)]
+    if kl is not None:
+        own.append(kl)
+    if config.checkpoint_every:
+        own.append(CheckpointCallback(run_dir / "checkpoints", config.checkpoint_every, kl))
     start = time.perf_counter()
-    algorithm.learn(total_timesteps=config.steps, callback=callbacks, progress_bar=True)
+    algorithm.learn(total_timesteps=config.steps - done, callback=[*own, *callbacks], progress_bar=True,
+                    reset_num_timesteps=resume is None, tb_log_name="train")
     train_seconds = time.perf_counter() - start
     after, after_episodes = evaluate()
+    after_samples = episodes_to_dicts(after_episodes)
+    print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples)
 
-    table = Table(title=f"held-out prompts ({len(held_out)} x {config.eval_samples} samples)")
+    algorithm.save(run_dir / "model.zip")
+    policy.save_pretrained(run_dir / "lm")
+    summary = {"config": asdict(config), "train_seconds": train_seconds, "resumed_at": done or None,
+               "before": before, "after": after, "samples_before": before_samples, "samples_after": after_samples}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"trained in {train_seconds:.0f} s; saved {run_dir}/model.zip (SB3), {run_dir}/lm (Hugging Face), "
+                  f"{run_dir}/summary.json")
+    return run_dir
+
+
+def print_report(console: Console, before: dict, after: dict, before_samples: list[dict], after_samples: list[dict],
+                 n_prompts: int, per_prompt: int) -> None:
+    table = Table(title=f"held-out prompts ({n_prompts} x {per_prompt} samples)")
     for column in ("", "reward", "KL to initial LM (nats)", "distinct-2", "tokens"):
         table.add_column(column)
     for name, stats in (("before", before), ("after", after)):
@@ -124,16 +218,15 @@ def train(config: TrainConfig, console: Console | None = None) -> Path:
     samples = Table(title="samples (first per prompt)")
     for column in ("prompt", "before", "after"):
         samples.add_column(column)
-    for i in range(0, min(len(before_episodes), 4 * config.eval_samples), config.eval_samples):
-        b, a = before_episodes[i], after_episodes[i]
-        samples.add_row(b.prompt, f"{b.completion} [{b.reward:+.2f}]", f"{a.completion} [{a.reward:+.2f}]")
+    for i in range(0, min(len(before_samples), 4 * per_prompt), per_prompt):
+        b, a = before_samples[i], after_samples[i]
+        samples.add_row(b["prompt"], f"{b['completion']} [{b['reward']:+.2f}]", f"{a['completion']} [{a['reward']:+.2f}]")
     console.print(samples)
 
-    algorithm.save(run_dir / "model.zip")
-    policy.save_pretrained(run_dir / "lm")
-    summary = {"config": asdict(config), "train_seconds": train_seconds, "before": before, "after": after,
-               "samples_before": episodes_to_dicts(before_episodes), "samples_after": episodes_to_dicts(after_episodes)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"trained in {train_seconds:.0f} s; saved {run_dir}/model.zip (SB3), {run_dir}/lm (Hugging Face), "
-                  f"{run_dir}/summary.json")
-    return run_dir
+
+def _tensorboard_dir(run_dir: Path) -> str | None:
+    try:
+        import tensorboard  # noqa: F401  (SB3 writes TensorBoard events only when it is installed)
+    except ImportError:
+        return None
+    return str(run_dir / "tensorboard")

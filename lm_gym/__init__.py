@@ -8,7 +8,7 @@ from gymnasium.envs.registration import register, registry
 
 from lm_gym.env import TextGenEnv
 from lm_gym.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, load_prompts
+from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
 from lm_gym.rewards import (
     REWARDS,
     BleuReward,
@@ -34,6 +34,6 @@ if "TextGen-v0" not in registry:
 __all__ = [
     "BatchedRewardVecEnv", "make_vec_env", "DEFAULT_MODEL", "DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "REWARDS", "BleuReward", "ClassifierReward",
     "FunctionReward", "KeywordReward", "LengthReward", "Prompt", "RegexReward", "Reward", "RougeReward",
-    "SentimentReward", "TargetWordReward", "TextGenEnv", "load_causal_lm", "load_prompts", "load_tokenizer",
-    "make_reward", "register_reward",
+    "SentimentReward", "TargetWordReward", "TextGenEnv", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",
+    "make_reward", "register_reward", "split_prompts",
 ]

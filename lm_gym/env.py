@@ -263,6 +263,16 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             self.render()
         return self._observation(), reward, terminated, False, info
 
+    def get_state(self) -> dict[str, Any]:
+        """The in-progress episode and the RNG, for exact checkpoint/resume (see :meth:`set_state`)."""
+        return {"prompt": self._prompt, "ids": list(self._ids), "new_ids": list(self._new_ids), "done": self._done,
+                "last_score": self._last_score, "rng": self.np_random.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._prompt, self._done, self._last_score = state["prompt"], state["done"], state["last_score"]
+        self._ids, self._new_ids = list(state["ids"]), list(state["new_ids"])
+        self.np_random.bit_generator.state = state["rng"]
+
     def render(self) -> str | None:
         # gym.make warns about modes outside metadata["render_modes"] (SB3's make_vec_env asks for
         # "rgb_array"); a text env has no picture to give them.

@@ -63,6 +63,11 @@ def load_causal_lm(
     return lm
 
 
+def load_frozen_lm(model: ModelRef, device: torch.device | str, **kwargs) -> PreTrainedModel:
+    """:func:`load_causal_lm` in eval mode without gradients, on ``device``: a KL reference."""
+    return load_causal_lm(model, **kwargs).to(device).eval().requires_grad_(False)
+
+
 def disable_dropout(module: torch.nn.Module) -> None:
     config = getattr(module, "config", None)
     if config is not None:

@@ -1,9 +1,10 @@
-"""Prompt sources: a list of strings or records, a .txt file (one prompt a line) or a .jsonl file."""
+"""Prompt sources: a list of strings or records, a .txt or .jsonl file, or a Hugging Face dataset."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ class Prompt:
     references: tuple[str, ...] = field(default=())
 
 
-PromptSource = str | os.PathLike | Iterable[str | Mapping | Prompt] | None
+PromptSource = str | os.PathLike | Mapping | Iterable[str | Mapping | Prompt] | None
 
 
 def load_prompts(source: PromptSource = None) -> list[Prompt]:
@@ -31,11 +32,15 @@ def load_prompts(source: PromptSource = None) -> list[Prompt]:
     - ``None``: the bundled training prompts (review openings).
     - a path to a ``.txt`` file (one prompt a line, blank lines skipped) or a ``.jsonl`` file whose
       records have a ``"prompt"`` and optionally ``"references"`` (a string or a list of strings).
+    - ``{"dataset": name_or_path, "column": "text", "split": "train", "references_column": None}``:
+      a Hugging Face dataset (see :func:`dataset_prompts`).
     - an iterable of strings, of such records (dicts), or of :class:`Prompt`.
     """
     if source is None:
         source = DEFAULT_PROMPTS
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, Mapping) and "dataset" in source:
+        prompts = dataset_prompts(**source)
+    elif isinstance(source, (str, os.PathLike)):
         prompts = _read_file(Path(source))
     else:
         prompts = [_to_prompt(item, where=f"prompts[{i}]") for i, item in enumerate(source)]
@@ -67,3 +72,41 @@ def _to_prompt(item: str | Mapping | Prompt, where: str) -> Prompt:
         references = (references,) if isinstance(references, str) else tuple(references)
         return Prompt(item["prompt"], references)
     raise ValueError(f"{where}: expected a string or a record with a 'prompt' string, got {item!r}.")
+
+
+def dataset_prompts(dataset: str | os.PathLike, column: str = "prompt", split: str = "train",
+                    references_column: str | None = None) -> list[Prompt]:
+    """Prompts from a Hugging Face dataset: a hub name, a directory of data files, or a ``save_to_disk`` dir.
+
+    ``split`` takes the ``datasets`` slicing syntax too (``"train[:1000]"``); ``references_column`` holds a
+    string or a list of strings per row (for the ``rouge``/``bleu`` rewards).
+    """
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError("prompts from a Hugging Face dataset need the datasets package: "
+                          "pip install 'lm-gym[datasets]'") from error
+    path = Path(dataset)
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # written by save_to_disk
+        loaded = datasets.load_from_disk(str(path))
+        rows = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        rows = datasets.load_dataset(str(dataset), split=split)
+    for name, argument in ((column, "column"), (references_column, "references_column")):
+        if name is not None and name not in rows.column_names:
+            raise ValueError(f"{argument}={name!r} is not a column of dataset {str(dataset)!r} (split {split!r}); "
+                             f"its columns are {rows.column_names}.")
+    records = ({"prompt": row[column], "references": row[references_column] if references_column else ()}
+               for row in rows)
+    return [_to_prompt(record, where=f"{dataset}[{i}]") for i, record in enumerate(records)]
+
+
+def split_prompts(prompts: list[Prompt], held_out: float, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """A reproducible (train, held-out) split; ``held_out`` is the held-out fraction, in (0, 1)."""
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out={held_out}: a fraction strictly between 0 and 1.")
+    order = random.Random(seed).sample(range(len(prompts)), len(prompts))
+    cut = max(1, round(len(prompts) * held_out))
+    if cut >= len(prompts):
+        raise ValueError(f"held_out={held_out} of {len(prompts)} prompts leaves none to train on.")
+    return [prompts[i] for i in sorted(order[cut:])], [prompts[i] for i in sorted(order[:cut])]

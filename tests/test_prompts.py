@@ -37,3 +37,43 @@ def test_bad_prompt_sources_get_clear_errors(tmp_path):
     bad.write_text("a\n")
     with pytest.raises(ValueError, match="unsupported file type"):
         load_prompts(bad)
+
+
+@pytest.fixture
+def dataset_dirs(tmp_path):
+    """A directory of data files (what load_dataset reads) and a save_to_disk directory."""
+    import datasets
+
+    files = tmp_path / "files"
+    files.mkdir()
+    rows = [{"text": f"review {i}", "refs": [f"ref {i}"]} for i in range(10)]
+    (files / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:8]))
+    (files / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows[8:]))
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:8]),
+                          "test": datasets.Dataset.from_list(rows[8:])}).save_to_disk(str(saved))
+    return files, saved
+
+
+def test_prompts_from_hugging_face_datasets(dataset_dirs):
+    from lm_gym import dataset_prompts
+
+    for path in dataset_dirs:
+        train = load_prompts({"dataset": str(path), "column": "text", "references_column": "refs"})
+        assert train[0] == Prompt("review 0", ("ref 0",)) and len(train) == 8
+        test = dataset_prompts(path, column="text", split="test")
+        assert [p.text for p in test] == ["review 8", "review 9"] and test[0].references == ()
+    with pytest.raises(ValueError, match="column='txt'.*columns are"):
+        dataset_prompts(dataset_dirs[0], column="txt")
+
+
+def test_split_prompts_is_reproducible_and_disjoint():
+    from lm_gym import split_prompts
+
+    prompts = load_prompts([f"p{i}" for i in range(20)])
+    train, held_out = split_prompts(prompts, 0.25, seed=3)
+    assert len(held_out) == 5 and len(train) == 15 and not set(train) & set(held_out)
+    assert split_prompts(prompts, 0.25, seed=3) == (train, held_out)
+    assert split_prompts(prompts, 0.25, seed=4)[1] != held_out
+    with pytest.raises(ValueError, match="held_out"):
+        split_prompts(prompts, 1.0)

@@ -1,0 +1,117 @@
+"""Periodic, atomic training checkpoints and exact resume.
+
+A checkpoint is taken at a rollout boundary (after an update, before the next rollout) and holds
+everything the rest of the run depends on: the SB3 zip (weights, optimizer, step counter, last
+observation), the replay buffer of off-policy algorithms, each env's in-progress episode and RNG, the
+torch/numpy/python RNG states, the KL controller and the NLPO copy. Resuming from it reproduces the
+uninterrupted run exactly.
+
+Layout: ``RUN/checkpoints/step-000004096/{model.zip, state.pt[, replay_buffer.pkl]}``. Each is written
+into a hidden ``.partial`` directory and renamed into place, so a crash never leaves a half-written
+checkpoint under a real name; an existing checkpoint is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.kl import KLPenaltyCallback
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted or does not fit the run's configuration."""
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir())
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:
+    final = Path(directory) / f"step-{model.num_timesteps:09d}"
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} exists already; checkpoints are never overwritten.")
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
+    partial.mkdir(parents=True)
+    model.save(partial / "model.zip")
+    if getattr(model, "replay_buffer", None) is not None:
+        model.save_replay_buffer(partial / "replay_buffer.pkl")
+    nlpo = getattr(model.policy, "nlpo", None)
+    state = {
+        "num_timesteps": model.num_timesteps,
+        "envs": model.env.env_method("get_state"),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "kl": None if kl is None else kl.state_dict(),
+        "nlpo": None if nlpo is None else {"updates": nlpo.updates, "weights": nlpo.lm.state_dict()},
+    }
+    torch.save(state, partial / "state.pt")
+    os.replace(partial, final)  # atomic: the checkpoint appears whole or not at all
+    return final
+
+
+def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "auto",
+                    kl: KLPenaltyCallback | None = None) -> BaseAlgorithm:
+    """Rebuild the algorithm on ``env`` and restore every piece of state saved by :func:`save_checkpoint`."""
+    try:
+        state = torch.load(path / "state.pt", weights_only=False)
+        model = cls.load(path / "model.zip", env=env, device=device, force_reset=False)
+        if (path / "replay_buffer.pkl").exists():
+            model.load_replay_buffer(path / "replay_buffer.pkl")
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError, AssertionError) as error:
+        raise CheckpointError(
+            f"cannot resume from {path}: {type(error).__name__}: {error}. The checkpoint is corrupted or was made "
+            "with another configuration (env, model or algorithm); delete it to resume from the one before, or "
+            "start a new run."
+        ) from error
+    if len(state["envs"]) != env.num_envs:
+        raise CheckpointError(f"{path} holds {len(state['envs'])} envs but the run has n_envs={env.num_envs}.")
+    for index, env_state in enumerate(state["envs"]):
+        env.env_method("set_state", env_state, indices=[index])
+    if kl is not None and state["kl"] is not None:
+        kl.load_state_dict(state["kl"])
+    nlpo = getattr(model.policy, "nlpo", None)
+    if nlpo is not None and state["nlpo"] is not None:
+        nlpo.lm.load_state_dict(state["nlpo"]["weights"])
+        nlpo.updates = state["nlpo"]["updates"]
+    # Last: loading re-seeds the RNGs from the algorithm's seed.
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return model
+
+
+class CheckpointCallback(BaseCallback):
+    """Saves a checkpoint at the first rollout boundary after every ``every`` env steps."""
+
+    def __init__(self, directory: Path, every: int, kl: KLPenaltyCallback | None = None):
+        super().__init__()
+        if every <= 0:
+            raise ValueError(f"checkpoint_every={every}: must be positive (0 turns checkpoints off in train()).")
+        self.directory, self.every, self.kl = Path(directory), every, kl
+        self.saved: list[Path] = []
+
+    def _on_training_start(self) -> None:
+        self.next_step = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next_step:
+            self.saved.append(save_checkpoint(self.model, self.directory, self.kl))
+            self.next_step = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        return True
+

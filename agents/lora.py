@@ -1,0 +1,50 @@
+"""LoRA through peft: train adapters only, and use the same model with adapters off as the KL reference."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedModel
+
+
+def add_lora(lm: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
+    """Wrap ``lm`` with LoRA adapters (``lora`` holds ``peft.LoraConfig`` arguments); only they train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("lora=... needs the peft package: pip install 'lm-gym[lora]'") from error
+    return get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+
+class AdaptersDisabled(nn.Module):
+    """The initial LM, for KL terms, without a second copy: the LoRA model run with its adapters off.
+
+    Holds the peft model as a plain attribute, so ``.to()``, ``.eval()`` and ``.requires_grad_(False)`` on
+    this reference never touch the policy's adapters.
+    """
+
+    def __init__(self, peft_lm: nn.Module):
+        super().__init__()
+        self.__dict__["peft_lm"] = peft_lm
+
+    @property
+    def config(self):
+        return self.peft_lm.config
+
+    @property
+    def device(self):
+        return self.peft_lm.device
+
+    def get_base_model(self) -> PreTrainedModel:
+        return self.peft_lm.get_base_model()
+
+    def forward(self, **kwargs: Any):
+        with self.peft_lm.disable_adapter():
+            return self.peft_lm(**kwargs)
+
+
+def merged_copy(peft_lm: nn.Module) -> PreTrainedModel:
+    """A plain ``transformers`` model with the adapters merged in (for ``save_pretrained``/``pipeline``)."""
+    return copy.deepcopy(peft_lm).merge_and_unload()
