@@ -1,4 +1,4 @@
-"""The ``lm-gym`` command line: ``lm-gym train`` and ``lm-gym compare`` (see ``--help`` of each)."""
+"""The ``lm-gym`` command line: ``train``, ``evaluate`` and ``compare`` (see ``lm-gym COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from transformers.utils import logging as hf_logging
 
 from agents.algorithms import ALGORITHMS
 from agents.compare import compare
+from agents.evaluate import evaluate_run
 from agents.train import TrainConfig, train
 
 HELP = {
@@ -17,41 +18,51 @@ HELP = {
     "model": "Hugging Face name or local path of the causal LM (default: the bundled tiny LM)",
     "reward": "reward name (see lm_gym.REWARDS)",
     "reward_kwargs": 'reward arguments as JSON, e.g. \'{"target": "great"}\'',
-    "prompts": "training prompts: a .txt or .jsonl file (default: bundled review openings)",
-    "eval_prompts": "held-out prompts for the before/after report (default: bundled held-out openings)",
+    "prompts": "training prompts: a .txt/.jsonl file, or a Hugging Face dataset with --prompt-column",
+    "eval_prompts": "held-out prompts for the before/after report (default: --eval-split, else bundled)",
+    "prompt_column": "text column of a Hugging Face dataset given as --prompts",
     "steps": "total env steps (generated tokens) to train on",
     "kl_coef": "KL-to-initial-LM coefficient (initial value when --kl-target is set)",
     "kl_target": "adaptive KL: target KL per episode in nats",
+    "lora": 'train LoRA adapters only: peft LoraConfig arguments as JSON, e.g. \'{"r": 8}\'',
     "device": "auto, cpu or cuda",
+    "checkpoint_every": "env steps between checkpoints (0: none)",
     "out": "parent directory of the new run directory",
 }
-
-
+JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
 FIELD_TYPES = {"kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int, "n_epochs": int}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lm-gym", description="RL fine-tuning of causal LMs on TextGen-v0.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser(
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser(
         "train", help="train a policy; with no arguments, PPO on the bundled offline sentiment task",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Every option is also a key of a --config YAML file; flags given here override the file.",
     )
+    parser.add_argument("--config", help="YAML file of TrainConfig fields (a run's config.yaml works)")
+    parser.add_argument("--resume", metavar="RUN", help="continue RUN from its latest checkpoint")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        if f.name == "env_options":  # reachable from Python and `compare --env-kwargs`
-            continue
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "reward_kwargs":
-            train_parser.add_argument(flag, type=json.loads, default={}, help=HELP[f.name])
+        help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})"
+        # SUPPRESS: only flags actually given reach the config, so they can override a --config file.
+        if f.name in JSON_FIELDS:
+            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help=help_text)
         elif f.name == "algo":
-            train_parser.add_argument(flag, choices=sorted(ALGORITHMS), default=default, help=HELP[f.name])
+            parser.add_argument(flag, choices=sorted(ALGORITHMS), default=argparse.SUPPRESS, help=help_text)
         else:
             kind = type(default) if default is not None else FIELD_TYPES.get(f.name, str)
-            train_parser.add_argument(flag, type=kind, default=default, help=HELP.get(f.name, f.name.replace("_", " ")))
-    add_compare_parser(commands)
-    return parser
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def add_evaluate_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="report reward, KL, perplexity, distinct-n and EOS rate of a run",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run", help="a run directory written by lm-gym train")
+    parser.add_argument("--prompts", default=None, help="prompt file (default: the run's held-out prompts)")
+    parser.add_argument("--samples", type=int, default=None, help="completions per prompt (default: the run's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
 
 
 def add_compare_parser(commands) -> None:
@@ -77,13 +88,30 @@ def add_compare_parser(commands) -> None:
     parser.add_argument("--out", default="runs")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lm-gym", description="RL fine-tuning of causal LMs on TextGen-v0.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(commands)
+    add_evaluate_parser(commands)
+    add_compare_parser(commands)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     hf_logging.disable_progress_bar()  # one progress bar (training), not one per checkpoint load
     hf_logging.set_verbosity_error()
     if args.command == "train":
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "env_options"})
-        train(config)
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+        if args.resume:
+            if given or args.config:
+                raise SystemExit("lm-gym train --resume RUN takes no other options: the run's config.yaml holds them.")
+            train(resume=args.resume)
+            return
+        values = TrainConfig.from_yaml(args.config).__dict__ if args.config else {}
+        train(TrainConfig.from_dict({**values, **given}, source=args.config or "flags"))
+    elif args.command == "evaluate":
+        evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)
     elif args.command == "compare":
         base = TrainConfig(model=args.model, reward=args.reward, reward_kwargs=args.reward_kwargs,
                            max_new_tokens=args.max_new_tokens, steps=args.steps, n_envs=args.n_envs,

@@ -23,6 +23,8 @@ class Episode:
     reward: float  # the env's return (task reward only, no KL)
     kl: float  # sum over tokens of log p(token) - log q(token): a sample of KL(policy || reference)
     num_tokens: int
+    reference_log_prob: float = 0.0  # sum over tokens of log q(token): the completion under the initial LM
+    stopped: bool = False  # ended with a stop token (EOS), not at the token budget
 
 
 def next_token_distribution(policy: BasePolicy, obs: dict[str, torch.Tensor]) -> torch.distributions.Categorical:
@@ -56,6 +58,7 @@ def sample_episodes(
         envs = [copy.copy(base) for _ in chunk]
         obs = [e.reset(options={"prompt": prompt})[0] for e, prompt in zip(envs, chunk)]
         returns, kls, done = np.zeros(len(chunk)), np.zeros(len(chunk)), np.zeros(len(chunk), dtype=bool)
+        ref_totals = np.zeros(len(chunk))
         reference_cache = RolloutKVCache()  # the reference is frozen: its cache never goes stale
         while not done.all():
             active = np.flatnonzero(~done)
@@ -66,12 +69,14 @@ def sample_episodes(
                 ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0)
                 ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
                 kls[active] += (distribution.log_prob(actions) - ref_log_probs).cpu().numpy()
+                ref_totals[active] += ref_log_probs.cpu().numpy()
             for i, action in zip(active, actions.cpu().numpy()):
                 obs[i], reward, terminated, truncated, _ = envs[i].step(action)
                 returns[i] += reward
                 done[i] = terminated or truncated
         for i, e in enumerate(envs):
-            episodes.append(Episode(chunk[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens))
+            episodes.append(Episode(chunk[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens,
+                                    float(ref_totals[i]), e.stopped))
     return episodes
 
 
@@ -82,14 +87,18 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 
 def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
-    """Mean/std of reward, mean KL, mean length and distinct-1/2 over episodes."""
+    """Reward mean/std, KL to the reference, perplexity under it, length, EOS rate and distinct-1/2."""
     rewards = np.array([e.reward for e in episodes])
     completions = [e.completion for e in episodes]
+    tokens = sum(e.num_tokens for e in episodes)
     return {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
         "kl_mean": float(np.mean([e.kl for e in episodes])),
+        # Perplexity of the generated tokens under the initial LM (the reference): fluency by its standard.
+        "perplexity": float(np.exp(-sum(e.reference_log_prob for e in episodes) / tokens)) if tokens else float("nan"),
         "length_mean": float(np.mean([e.num_tokens for e in episodes])),
+        "eos_rate": float(np.mean([e.stopped for e in episodes])),
         "distinct_1": distinct_n(completions, 1),
         "distinct_2": distinct_n(completions, 2),
         "episodes": len(episodes),

@@ -38,7 +38,9 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
     Args:
         model: Hugging Face name or local path of the causal LM (``None``: the bundled tiny LM). Kept as
             a plain string so that ``PPO.load`` rebuilds the policy from it and then loads the weights.
-        dtype: weight dtype of the LM (e.g. ``"bfloat16"``); logits are always cast to float32.
+        dtype: weight dtype of the LM (``"bfloat16"``; ``"float16"`` only with ``lora``, where the half
+            precision base stays frozen and the adapters train in float32); logits are always cast to
+            float32 and the value head stays float32.
         attn_implementation: passed to ``from_pretrained`` (``"eager"`` for TRPO's second-order gradients).
         autocast_dtype: run the LM under ``torch.autocast`` in this dtype (``"bfloat16"``); the action
             distribution is still computed from float32 logits.
@@ -87,6 +89,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
                 "LMActorCriticPolicy needs TextGen-v0's observation space, a Dict of 'input_ids' and "
                 f"'attention_mask'; got {observation_space}."
             )
+        _check_precision(dtype, autocast_dtype, lora)
         self.model_name = None if model is None else str(model)
         self.lm_dtype = dtype
         self.attn_implementation = attn_implementation
@@ -120,8 +123,9 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
             )
         self._lm_parameters = list(self.lm.parameters())  # walked on every rollout step: list it once
         hidden_size = self.lm.get_input_embeddings().embedding_dim
-        # Named "value_*" so that sb3-contrib's TRPO leaves it out of its actor step.
-        self.value_head = nn.Linear(hidden_size, 1, dtype=self.lm.dtype)
+        # Named "value_*" so that sb3-contrib's TRPO leaves it out of its actor step. Float32 whatever the
+        # LM's dtype: it is tiny, and Adam on half-precision weights loses small updates.
+        self.value_head = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.value_head.weight, std=1 / (hidden_size + 1))
         nn.init.zeros_(self.value_head.bias)
         # A plain attribute, not a submodule: see TopPMask.
@@ -224,6 +228,23 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         non-empty directory."""
         lm = merged_copy(self.lm) if self.lora is not None else self.lm
         return save_pretrained(lm, self.model_name, path, overwrite)
+
+
+HALF_PRECISION_ADVICE = ("SB3 has no loss scaling, so float16 gradients and Adam updates underflow. Use "
+                         "'bfloat16' (same memory, float32's range), or LoRA (lora={...}) with dtype='float16': "
+                         "the float16 base stays frozen and the adapters train in float32.")
+
+
+def _check_precision(dtype: str | None, autocast_dtype: str | None, lora: dict[str, Any] | None) -> None:
+    """Refuse dtypes that are not torch floating types, and float16 where it would be trained."""
+    for name, value in (("dtype", dtype), ("autocast_dtype", autocast_dtype)):
+        if value is not None and not (isinstance(getattr(torch, str(value), None), torch.dtype)
+                                      and getattr(torch, value).is_floating_point):
+            raise ValueError(f"{name}={value!r} is not a torch floating dtype; use 'bfloat16', 'float16' or 'float32'.")
+    if dtype == "float16" and lora is None:
+        raise ValueError(f"dtype='float16' without lora trains float16 weights: {HALF_PRECISION_ADVICE}")
+    if autocast_dtype == "float16":
+        raise ValueError(f"autocast_dtype='float16' trains through float16 activations: {HALF_PRECISION_ADVICE}")
 
 
 def _eos_ids(lm: PreTrainedModel) -> list[int]:

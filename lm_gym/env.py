@@ -198,6 +198,11 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         return len(self._new_ids)
 
     @property
+    def stopped(self) -> bool:
+        """The episode ended with a stop token (EOS), not at the token budget."""
+        return bool(self._new_ids) and self._new_ids[-1] in self.stop_token_ids
+
+    @property
     def completion(self) -> str:
         return self.tokenizer.decode(self._new_ids, skip_special_tokens=True)
 

@@ -1,0 +1,58 @@
+"""Evaluating a finished (or checkpointed) run on held-out prompts: ``lm-gym evaluate RUN``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agents.algorithms import ALGORITHMS
+from agents.checkpoints import CheckpointError, checkpoint_dirs
+from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
+from agents.train import TrainConfig, make_envs
+from lm_gym.prompts import PromptSource, load_prompts
+
+COLUMNS = {"reward_mean": "reward", "kl_mean": "KL to initial LM", "perplexity": "perplexity (initial LM)",
+           "distinct_1": "distinct-1", "distinct_2": "distinct-2", "eos_rate": "EOS rate", "length_mean": "tokens"}
+
+
+def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | None = None, seed: int = 0,
+                 device: str = "auto", console: Console | None = None) -> dict:
+    """Sample completions of held-out prompts from RUN's policy and report reward, KL to the initial LM,
+    perplexity under it, distinct-1/2 and EOS rate. Writes ``evaluation-<time>.json`` into RUN.
+
+    Uses RUN/model.zip, or the latest checkpoint of an unfinished run; ``prompts`` defaults to the run's
+    held-out prompts.
+    """
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run} is not an lm-gym run directory (no config.yaml).")
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    weights = run / "model.zip"
+    if not weights.exists():
+        checkpoints = checkpoint_dirs(run)
+        if not checkpoints:
+            raise CheckpointError(f"{run} has neither model.zip nor a checkpoint to evaluate.")
+        weights = checkpoints[-1] / "model.zip"
+    _, eval_env, held_out = make_envs(config)
+    texts = [p.text for p in load_prompts(prompts)] if prompts is not None else held_out
+    algorithm = ALGORITHMS[config.algo].cls.load(weights, device=device)
+    reference = algorithm.policy.load_reference_model()
+    torch.manual_seed(seed)
+    episodes = sample_episodes(algorithm.policy, eval_env, texts, samples or config.eval_samples, reference=reference)
+    stats = summarize(episodes)
+    result = {"run": str(run), "weights": str(weights), "prompts": len(texts), "stats": stats,
+              "samples": episodes_to_dicts(episodes)}
+    out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
+    out.write_text(json.dumps(result, indent=2))
+    table = Table(title=f"{run.name}: {len(texts)} held-out prompts x {samples or config.eval_samples} samples")
+    for column in COLUMNS.values():
+        table.add_column(column)
+    table.add_row(*(f"{stats[key]:.3f}" for key in COLUMNS))
+    (console or Console()).print(table)
+    (console or Console()).print(f"wrote {out}")
+    return result

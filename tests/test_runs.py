@@ -1,0 +1,202 @@
+"""Long-run features: config files, checkpoints and exact resume, evaluation, LoRA, bf16, logged samples."""
+
+import json
+import re
+
+import pytest
+import torch
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger
+from transformers import AutoModelForCausalLM, pipeline
+
+import lm_gym
+from agents import LMActorCriticPolicy, SampleLogCallback
+from agents.checkpoints import CheckpointError, checkpoint_dirs, save_checkpoint
+from agents.cli import main
+from agents.evaluate import evaluate_run
+from agents.train import TrainConfig, train
+
+SMALL = dict(steps=384, n_envs=2, n_steps=32, batch_size=32, n_epochs=2, max_new_tokens=4, eval_samples=1,
+             checkpoint_every=128, kl_target=1.0, seed=3)
+
+
+class Crash(BaseCallback):
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at:
+            raise KeyboardInterrupt("simulated interruption")
+        return True
+
+
+def policy_weights(run):
+    return PPO.load(run / "model.zip", device="cpu").policy.state_dict()
+
+
+def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
+    uninterrupted = train(TrainConfig(**SMALL, out=str(tmp_path / "a")))
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**SMALL, out=str(tmp_path / "b")), callbacks=[Crash(at=300)])
+    (interrupted,) = (tmp_path / "b").iterdir()
+    assert [p.name for p in checkpoint_dirs(interrupted)] == ["step-000000128", "step-000000256"]
+    assert not (interrupted / "model.zip").exists()
+    resumed = train(resume=interrupted)
+    assert resumed == interrupted
+    expected, actual = policy_weights(uninterrupted), policy_weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (uninterrupted, resumed)]
+    assert summaries[0]["after"] == summaries[1]["after"] and summaries[1]["resumed_at"] == 256
+    with pytest.raises(FileExistsError, match="finished already"):
+        train(resume=resumed)
+
+
+def test_checkpoints_are_atomic_and_never_overwritten(tmp_path):
+    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=8, device="cpu")
+    model.learn(16)
+    (tmp_path / ".step-000000016.partial").mkdir()  # left by a crash mid-save: replaced, never listed
+    path = save_checkpoint(model, tmp_path)
+    assert path.name == "step-000000016" and sorted(p.name for p in path.iterdir()) == ["model.zip", "state.pt"]
+    assert not (tmp_path / ".step-000000016.partial").exists()
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        save_checkpoint(model, tmp_path)
+
+
+def test_corrupted_or_incompatible_checkpoints_get_a_clear_error(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**SMALL, out=str(tmp_path)), callbacks=[Crash(at=150)])
+    (run,) = tmp_path.iterdir()
+    (checkpoint,) = checkpoint_dirs(run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "max_new_tokens": 6}))  # another observation space
+    with pytest.raises(CheckpointError, match="another configuration"):
+        train(resume=run)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    data = (checkpoint / "model.zip").read_bytes()
+    (checkpoint / "model.zip").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        train(resume=run)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.yaml").write_text(yaml.safe_dump(config))
+        train(resume=tmp_path / "empty")
+
+
+def test_yaml_config_with_flag_overrides_and_a_dataset(tmp_path):
+    import datasets
+
+    data = tmp_path / "data"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["the movie was", "the plot"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["the acting"]})}).save_to_disk(str(data))
+    config = {**SMALL, "steps": 64, "checkpoint_every": 0, "prompts": str(data), "prompt_column": "text",
+              "eval_split": "test", "out": str(tmp_path / "runs")}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    main(["train", "--config", str(tmp_path / "cfg.yaml"), "--seed", "7"])
+    (run,) = (tmp_path / "runs").iterdir()
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["seed"] == 7 and resolved["prompt_column"] == "text" and resolved["steps"] == 64
+    summary = json.loads((run / "summary.json").read_text())
+    assert {s["prompt"] for s in summary["samples_after"]} == {"the acting"}  # the held-out split
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"stepz": 10}))
+    with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
+        main(["train", "--config", str(tmp_path / "bad.yaml")])
+    with pytest.raises(SystemExit, match="takes no other options"):
+        main(["train", "--resume", str(run), "--steps", "10"])
+
+
+def test_evaluate_reports_every_metric(tmp_path):
+    run = train(TrainConfig(**{**SMALL, "steps": 64, "checkpoint_every": 0}, out=str(tmp_path)))
+    result = evaluate_run(run, samples=4)
+    stats = result["stats"]
+    assert {"reward_mean", "kl_mean", "perplexity", "distinct_1", "distinct_2", "eos_rate"} <= set(stats)
+    assert stats["perplexity"] > 1 and 0 <= stats["eos_rate"] <= 1 and stats["episodes"] == 8 * 4
+    assert 0 < stats["distinct_1"] <= 1 and 0 < stats["distinct_2"] <= 1
+    (written,) = run.glob("evaluation-*.json")
+    assert json.loads(written.read_text())["stats"] == stats
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the story\n")
+    assert {s["prompt"] for s in evaluate_run(run, prompts=prompts, samples=2)["samples"]} == {"the story"}
+    with pytest.raises(FileNotFoundError, match="not an lm-gym run"):
+        evaluate_run(tmp_path)
+
+
+def test_lora_trains_adapters_only_and_uses_the_base_model_as_reference(tmp_path):
+    env = lm_gym.make_vec_env(2, seed=0, max_new_tokens=4)
+    model = PPO(LMActorCriticPolicy, env, n_steps=16, batch_size=32, seed=0, device="cpu", learning_rate=1e-2,
+                policy_kwargs={"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]}})
+    policy = model.policy
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
+    base = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
+    reference = policy.load_reference_model()
+    assert sum(p.numel() for p in reference.parameters()) == 0  # no second copy of the LM
+    model.learn(64)
+    assert all(torch.equal(base[n], p) for n, p in policy.named_parameters() if n in base)  # base frozen
+    obs = {k: torch.as_tensor(v) for k, v in env.reset().items()}
+    plain = AutoModelForCausalLM.from_pretrained(lm_gym.DEFAULT_MODEL).eval()
+    with torch.no_grad():
+        ids, mask = obs["input_ids"], obs["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ref_logits = reference(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        torch.testing.assert_close(ref_logits, plain(input_ids=ids, attention_mask=mask, position_ids=pos).logits)
+        trained = policy.get_distribution(obs).distribution.logits
+    assert not torch.allclose(trained.log_softmax(-1), ref_logits[:, -1].log_softmax(-1), atol=1e-3)  # adapters moved it
+    path = policy.save_pretrained(tmp_path / "lm")  # adapters merged: a plain transformers checkpoint
+    merged = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, : trained.shape[-1]]
+    torch.testing.assert_close(merged_logits.log_softmax(-1), trained.log_softmax(-1), atol=1e-4, rtol=1e-4)
+    assert pipeline("text-generation", model=str(path), device="cpu")("the movie was", max_new_tokens=2)
+    model.save(tmp_path / "ppo.zip")
+    loaded = PPO.load(tmp_path / "ppo.zip", device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.policy.get_distribution(obs).distribution.logits, trained)
+
+
+@pytest.mark.parametrize("policy_kwargs, lm_dtype", [
+    ({"dtype": "bfloat16"}, torch.bfloat16),
+    ({"autocast_dtype": "bfloat16"}, torch.float32),
+    ({"dtype": "float16", "lora": {"r": 4, "target_modules": ["c_attn"]}}, torch.float16),  # frozen fp16 base
+])
+def test_half_precision_trains_without_nan(policy_kwargs, lm_dtype):
+    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=16, batch_size=32,
+                seed=0, device="cpu", learning_rate=1e-3, policy_kwargs=policy_kwargs)
+    before = {n: p.detach().clone() for n, p in model.policy.named_parameters() if p.requires_grad}
+    model.learn(64)
+    assert next(model.policy.lm.parameters()).dtype == lm_dtype
+    assert all(p.dtype == torch.float32 for n, p in model.policy.named_parameters() if "lora_" in n or "value" in n)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    assert torch.isfinite(torch.as_tensor(model.rollout_buffer.log_probs)).all()
+    assert any(not torch.equal(before[n], p) for n, p in model.policy.named_parameters() if n in before)
+
+
+@pytest.mark.parametrize("policy_kwargs, message", [
+    ({"dtype": "float16"}, "dtype='float16' without lora"),
+    ({"autocast_dtype": "float16"}, "autocast_dtype='float16'"),
+    ({"dtype": "bf16"}, "dtype='bf16' is not a torch floating dtype"),
+])
+def test_unsafe_or_unknown_precision_is_refused(policy_kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PPO(LMActorCriticPolicy, lm_gym.make_vec_env(1, max_new_tokens=4), policy_kwargs=policy_kwargs)
+
+
+def test_sample_completions_reach_the_logger_as_text():
+    class Capture(KVWriter):
+        def __init__(self):
+            self.records = []
+
+        def write(self, key_values, key_excluded, step=0):
+            self.records.append({k: v for k, v in key_values.items() if "tensorboard" not in key_excluded.get(k, ())})
+
+    capture = Capture()
+    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=16, batch_size=32,
+                device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[capture]))
+    model.learn(32, callback=SampleLogCallback(n_samples=2))
+    texts = [r["rollout/samples"] for r in capture.records if "rollout/samples" in r]
+    assert texts and texts[0].startswith("| prompt | completion | reward |") and texts[0].count("\n") == 3
