@@ -19,7 +19,9 @@ HELP = {
     "reward": "reward name (see lm_gym.REWARDS)",
     "reward_kwargs": 'reward arguments as JSON, e.g. \'{"target": "great"}\'',
     "prompts": "training prompts: a .txt/.jsonl file, or a Hugging Face dataset with --prompt-column",
-    "eval_prompts": "held-out prompts for the before/after report (default: --eval-split, else bundled)",
+    "eval_prompts": "held-out prompts for the before/after report (else --eval-split, --eval-fraction, bundled)",
+    "eval_split": "held-out split of the --prompts dataset, e.g. 'test[:64]'",
+    "eval_fraction": "hold out this fraction of --prompts for the report",
     "prompt_column": "text column of a Hugging Face dataset given as --prompts",
     "steps": "total env steps (generated tokens) to train on",
     "kl_coef": "KL-to-initial-LM coefficient (initial value when --kl-target is set)",
@@ -30,7 +32,8 @@ HELP = {
     "out": "parent directory of the new run directory",
 }
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
-FIELD_TYPES = {"kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int, "n_epochs": int}
+FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int,
+               "n_epochs": int}
 
 
 def add_train_parser(commands) -> None:

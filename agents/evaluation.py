@@ -56,7 +56,9 @@ def sample_episodes(
         chunk = jobs[start : start + batch_size]
         # Shallow copies share the tokenizer, reward and prompt list; reset() gives each its own episode state.
         envs = [copy.copy(base) for _ in chunk]
-        obs = [e.reset(options={"prompt": prompt})[0] for e, prompt in zip(envs, chunk)]
+        resets = [e.reset(options={"prompt": prompt}) for e, prompt in zip(envs, chunk)]
+        obs = [o for o, _ in resets]
+        seen = [info["prompt"] for _, info in resets]  # what the LM saw (truncate_prompts may cut it)
         returns, kls, done = np.zeros(len(chunk)), np.zeros(len(chunk)), np.zeros(len(chunk), dtype=bool)
         ref_totals = np.zeros(len(chunk))
         reference_cache = RolloutKVCache()  # the reference is frozen: its cache never goes stale
@@ -75,7 +77,7 @@ def sample_episodes(
                 returns[i] += reward
                 done[i] = terminated or truncated
         for i, e in enumerate(envs):
-            episodes.append(Episode(chunk[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens,
+            episodes.append(Episode(seen[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens,
                                     float(ref_totals[i]), e.stopped))
     return episodes
 

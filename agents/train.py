@@ -26,7 +26,8 @@ from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
 from agents.kl import KLPenaltyCallback
 from agents.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
-from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts
+from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
+from lm_gym.rewards import make_reward
 from lm_gym.vector import make_vec_env
 
 
@@ -39,11 +40,12 @@ class TrainConfig:
     reward: str = "sentiment"
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None  # .txt/.jsonl path, or a dataset name/path with prompt_column; None: bundled
-    eval_prompts: str | None = None  # held-out prompts (same kinds); None: eval_split, else bundled held-out
+    eval_prompts: str | None = None  # held-out prompts (same kinds); see prompt_sets()
     prompt_column: str | None = None  # set: `prompts` is a Hugging Face dataset and this its text column
     references_column: str | None = None
     split: str = "train"
     eval_split: str | None = None  # held-out split of the same dataset, e.g. "test"
+    eval_fraction: float | None = None  # else: hold out this fraction of `prompts` (seeded by `seed`)
     max_new_tokens: int = 16
     steps: int = 49_152
     n_envs: int = 8
@@ -86,15 +88,17 @@ class TrainConfig:
             return dataset_prompts(source, self.prompt_column, split, self.references_column)
         return load_prompts(source)
 
-    def train_prompts(self) -> list[Prompt]:
-        return self._prompts(self.prompts, self.split)
-
-    def held_out_prompts(self) -> list[Prompt]:
+    def prompt_sets(self) -> tuple[list[Prompt], list[Prompt]]:
+        """(training, held-out) prompts. Held out: ``eval_prompts``, else ``eval_split`` of the dataset, else
+        ``eval_fraction`` of ``prompts``, else the bundled held-out review openings."""
+        train = self._prompts(self.prompts, self.split)
         if self.eval_prompts is not None:
-            return self._prompts(self.eval_prompts, self.eval_split or self.split)
+            return train, self._prompts(self.eval_prompts, self.eval_split or self.split)
         if self.eval_split is not None:
-            return self._prompts(self.prompts, self.eval_split)
-        return load_prompts(HELDOUT_PROMPTS)
+            return train, self._prompts(self.prompts, self.eval_split)
+        if self.eval_fraction is not None:
+            return split_prompts(train, self.eval_fraction, seed=self.seed)
+        return train, load_prompts(HELDOUT_PROMPTS)
 
     def env_kwargs(self) -> dict[str, Any]:
         return dict(model=self.model, reward=self.reward, reward_kwargs=self.reward_kwargs,
@@ -123,11 +127,13 @@ def new_run_dir(base: str | Path, name: str) -> Path:
 def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
     """Training VecEnv, a single eval env and the held-out prompt texts, all with one observation window."""
     env_kwargs = config.env_kwargs()
-    train_prompts, held_out = config.train_prompts(), config.held_out_prompts()
+    # Built once for both envs: a classifier reward then sits in memory once.
+    env_kwargs["reward"] = make_reward(env_kwargs["reward"], **env_kwargs.pop("reward_kwargs"))
+    train_prompts, held_out = config.prompt_sets()
     # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
     eval_env = TextGenEnv(**{**env_kwargs, "prompts": train_prompts + held_out})
-    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed, prompts=train_prompts,
-                           max_prompt_tokens=eval_env.max_prompt_tokens, **env_kwargs)
+    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
+                           **{**env_kwargs, "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens})
     return vec_env, eval_env, [p.text for p in held_out]
 
 
@@ -160,6 +166,10 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
         config.to_yaml(run_dir / "config.yaml")
         algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
                                    tensorboard_log=_tensorboard_dir(run_dir), **config.algorithm_kwargs())
+    if config.prompts is not None and config.eval_prompts is None and config.eval_split is None \
+            and config.eval_fraction is None:
+        console.print("note: no held-out prompts given (eval_prompts, eval_split or eval_fraction); the report uses "
+                      "the bundled held-out review openings.")
     policy = algorithm.policy
     reference = policy.load_reference_model()
     if kl is not None:

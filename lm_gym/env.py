@@ -75,13 +75,15 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
 
     ```python
     gym.make("TextGen-v0", model=None, prompts=None, reward="sentiment", reward_kwargs=None,
-             max_new_tokens=16, max_prompt_tokens=None, reward_mode="sparse", stop_tokens=None,
+             max_new_tokens=16, max_prompt_tokens=None, truncate_prompts=False, reward_mode="sparse", stop_tokens=None,
              tokenizer=None, allowed_tokens=None, banned_tokens=None, render_mode=None)
     ```
 
     * ``model``: Hugging Face name or local path whose tokenizer defines the vocabulary (``None``: bundled).
     * ``prompts``: list of strings/records, or a ``.txt``/``.jsonl`` path (``None``: bundled prompts).
-    * ``max_prompt_tokens``: prompt window; ``None`` fits the longest prompt. Longer prompts are refused.
+    * ``max_prompt_tokens``: prompt window; ``None`` fits the longest prompt. Longer prompts are refused,
+      unless ``truncate_prompts=True``: then they keep their first ``max_prompt_tokens`` tokens (IMDB-style
+      prompts cut from long texts), and ``info["prompt"]`` and the reward see the truncated text.
     * ``stop_tokens``: token strings that end the episode; ``None`` means EOS, ``[]`` never stops early.
     * ``tokenizer``: a ready tokenizer object, instead of loading one from ``model``.
     * ``allowed_tokens`` / ``banned_tokens``: token strings or ids for the static ``action_masks()``.
@@ -101,6 +103,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         reward_kwargs: dict[str, Any] | None = None,
         max_new_tokens: int = 16,
         max_prompt_tokens: int | None = None,
+        truncate_prompts: bool = False,
         reward_mode: str = "sparse",
         stop_tokens: Sequence[str] | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
@@ -123,15 +126,22 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self.max_new_tokens = max_new_tokens
         self.defer_reward = False
 
+        if truncate_prompts and max_prompt_tokens is None:
+            raise ValueError("truncate_prompts=True needs max_prompt_tokens=N: how many leading tokens to keep.")
+        self.truncate_prompts = truncate_prompts
         self.prompts: list[Prompt] = load_prompts(prompts)
-        self.prompt_ids = [self._encode(p.text) for p in self.prompts]
+        self.prompt_ids = self.tokenizer([p.text for p in self.prompts], add_special_tokens=False)["input_ids"]
+        if truncate_prompts:
+            self.prompts, self.prompt_ids = map(list, zip(*(
+                self._truncate(p, ids, max_prompt_tokens) for p, ids in zip(self.prompts, self.prompt_ids))))
         longest = max(len(ids) for ids in self.prompt_ids)
         self.max_prompt_tokens = longest if max_prompt_tokens is None else max_prompt_tokens
         if longest > self.max_prompt_tokens:
             index = next(i for i, ids in enumerate(self.prompt_ids) if len(ids) == longest)
             raise ValueError(
                 f"prompt {self.prompts[index].text[:80]!r} has {longest} tokens, more than "
-                f"max_prompt_tokens={self.max_prompt_tokens}; raise max_prompt_tokens or shorten the prompt."
+                f"max_prompt_tokens={self.max_prompt_tokens}; raise max_prompt_tokens, shorten the prompt, or pass "
+                "truncate_prompts=True to keep the first max_prompt_tokens tokens."
             )
         self.window = self.max_prompt_tokens + max_new_tokens
         self.stop_token_ids = self._stop_ids(stop_tokens)
@@ -153,6 +163,13 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _truncate(self, prompt: Prompt, ids: list[int], keep: int) -> tuple[Prompt, list[int]]:
+        """The first ``keep`` tokens of a prompt; its text becomes what they decode to, so the reward sees
+        the prompt the LM saw."""
+        if len(ids) <= keep:
+            return prompt, ids
+        return Prompt(self.tokenizer.decode(ids[:keep]), prompt.references), ids[:keep]
 
     def _token_ids(self, tokens: Sequence[str | int], argument: str) -> list[int]:
         """Ids of token strings (or ids), with an error that names ``argument`` for unknown ones."""
@@ -225,6 +242,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         if options and "prompt" in options:
             self._prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
             prompt_ids = self._encode(self._prompt.text)
+            if self.truncate_prompts:
+                self._prompt, prompt_ids = self._truncate(self._prompt, prompt_ids, self.max_prompt_tokens)
             if len(prompt_ids) > self.max_prompt_tokens:
                 raise ValueError(
                     f"options['prompt'] has {len(prompt_ids)} tokens, more than max_prompt_tokens="

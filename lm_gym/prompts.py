@@ -88,8 +88,7 @@ def dataset_prompts(dataset: str | os.PathLike, column: str = "prompt", split: s
                           "pip install 'lm-gym[datasets]'") from error
     path = Path(dataset)
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # written by save_to_disk
-        loaded = datasets.load_from_disk(str(path))
-        rows = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        rows = _saved_split(datasets, datasets.load_from_disk(str(path)), split)
     else:
         rows = datasets.load_dataset(str(dataset), split=split)
     for name, argument in ((column, "column"), (references_column, "references_column")):
@@ -99,6 +98,17 @@ def dataset_prompts(dataset: str | os.PathLike, column: str = "prompt", split: s
     records = ({"prompt": row[column], "references": row[references_column] if references_column else ()}
                for row in rows)
     return [_to_prompt(record, where=f"{dataset}[{i}]") for i, record in enumerate(records)]
+
+
+def _saved_split(datasets, loaded, split: str):
+    """``split`` (with ``load_dataset``'s slicing, e.g. ``"test[:64]"``) of a ``save_to_disk`` dataset."""
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({k: len(v) for k, v in loaded.items()})
+    except (ValueError, AssertionError) as error:
+        raise ValueError(f"split={split!r} of a saved dataset: {error}") from error
+    return datasets.concatenate_datasets([loaded[p.splitname].select(range(p.from_, p.to)) for p in parts])
 
 
 def split_prompts(prompts: list[Prompt], held_out: float, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:

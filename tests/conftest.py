@@ -5,7 +5,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 import lm_gym
@@ -32,4 +32,18 @@ def local_model_dir(tmp_path_factory):
     config = GPT2Config(vocab_size=len(tokenizer) + 64, n_positions=64, n_embd=32, n_layer=1, n_head=2,
                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory):
+    """A tiny random sentiment classifier with NEGATIVE/POSITIVE labels, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("clf")
+    tokenizer = AutoTokenizer.from_pretrained(lm_gym.DEFAULT_MODEL)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=2,
+                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)

@@ -182,6 +182,18 @@ def test_prompt_longer_than_the_window_is_refused():
         env.reset(options={"prompt": "the movie was great and the acting was brilliant and fun"})
 
 
+def test_truncate_prompts_keeps_the_leading_tokens(bundled_tokenizer):
+    long = "the movie was great and the acting was brilliant and fun"
+    env = make_env(prompts=[long, "the plot"], max_prompt_tokens=3, truncate_prompts=True)
+    assert env.observation_space["input_ids"].shape == (3 + env.max_new_tokens,)
+    first_three = bundled_tokenizer.decode(bundled_tokenizer(long)["input_ids"][:3])
+    assert {p.text for p in env.prompts} == {first_three, "the plot"} and long.startswith(first_three)
+    obs, info = env.reset(options={"prompt": long})
+    assert info["prompt"] == first_three and obs["attention_mask"].sum() == 3
+    with pytest.raises(ValueError, match="truncate_prompts=True needs max_prompt_tokens"):
+        make_env(truncate_prompts=True)
+
+
 def test_unknown_reward_name_lists_the_choices():
     with pytest.raises(ValueError, match="reward='sentimnt'.*sentiment"):
         make_env(reward="sentimnt")

@@ -63,6 +63,10 @@ def test_prompts_from_hugging_face_datasets(dataset_dirs):
         assert train[0] == Prompt("review 0", ("ref 0",)) and len(train) == 8
         test = dataset_prompts(path, column="text", split="test")
         assert [p.text for p in test] == ["review 8", "review 9"] and test[0].references == ()
+        sliced = dataset_prompts(path, column="text", split="train[2:4]+test[:1]")  # load_dataset's slicing
+        assert [p.text for p in sliced] == ["review 2", "review 3", "review 8"]
+    with pytest.raises(ValueError, match="split='valid'"):
+        dataset_prompts(dataset_dirs[1], column="text", split="valid")
     with pytest.raises(ValueError, match="column='txt'.*columns are"):
         dataset_prompts(dataset_dirs[0], column="txt")
 

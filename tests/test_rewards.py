@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+from transformers import AutoTokenizer, GPT2ForSequenceClassification
 
 import lm_gym
 from lm_gym import rewards as R
@@ -20,19 +20,6 @@ def test_sentiment_orders_positive_above_negative():
     assert values[0] > 0.5 and values[1] < -0.5 and values[2] == 0.0
     with_prompt = lm_gym.SentimentReward(include_prompt=True)
     assert call(with_prompt, [" ."], prompts=["the movie was great"])[0] > 0.5
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clf")
-    tokenizer = AutoTokenizer.from_pretrained(lm_gym.DEFAULT_MODEL)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=2,
-                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-                        pad_token_id=tokenizer.pad_token_id)
-    GPT2ForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def test_classifier_reward_is_the_label_probability_of_the_model(classifier_dir):

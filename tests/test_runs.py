@@ -2,6 +2,8 @@
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,8 +111,40 @@ def test_yaml_config_with_flag_overrides_and_a_dataset(tmp_path):
         main(["train", "--resume", str(run), "--steps", "10"])
 
 
-def test_evaluate_reports_every_metric(tmp_path):
-    run = train(TrainConfig(**{**SMALL, "steps": 64, "checkpoint_every": 0}, out=str(tmp_path)))
+def test_held_out_prompts_come_from_the_first_source_given(tmp_path):
+    records = [{"prompt": f"review {i}", "references": [f"ref {i}"]} for i in range(10)]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (tmp_path / "eval.txt").write_text("the acting\n")
+    train_set, held_out = TrainConfig(prompts=str(tmp_path / "p.jsonl"), eval_fraction=0.2, seed=1).prompt_sets()
+    assert len(train_set) == 8 and len(held_out) == 2 and not set(train_set) & set(held_out)
+    assert held_out[0].references == (held_out[0].text.replace("review", "ref"),)
+    assert TrainConfig(prompts=str(tmp_path / "p.jsonl"), eval_fraction=0.2, seed=1).prompt_sets()[1] == held_out
+    _, explicit = TrainConfig(prompts=str(tmp_path / "p.jsonl"), eval_prompts=str(tmp_path / "eval.txt"),
+                              eval_fraction=0.2).prompt_sets()
+    assert [p.text for p in explicit] == ["the acting"]
+    assert TrainConfig().prompt_sets()[1] == lm_gym.load_prompts(lm_gym.HELDOUT_PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    # 2 rollouts: SB3 dumps an update's train/* values at the start of the next iteration
+    return train(TrainConfig(**{**SMALL, "steps": 128, "checkpoint_every": 0}, out=str(tmp_path_factory.mktemp("runs"))))
+
+
+def test_tensorboard_gets_reward_kl_entropy_and_sample_text(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (log_dir,) = (finished_run / "tensorboard").iterdir()
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"rollout/ep_rew_mean", "kl/per_episode", "kl/coef", "train/entropy_loss"} <= scalars
+    texts = events.Tensors("rollout/samples/text_summary")
+    assert len(texts) == 2  # one table per rollout
+    assert all(b"| prompt | completion | reward |" in t.tensor_proto.string_val[0] for t in texts)
+
+
+def test_evaluate_reports_every_metric(finished_run, tmp_path):
+    run = finished_run
     result = evaluate_run(run, samples=4)
     stats = result["stats"]
     assert {"reward_mean", "kl_mean", "perplexity", "distinct_1", "distinct_2", "eos_rate"} <= set(stats)
@@ -200,3 +234,33 @@ def test_sample_completions_reach_the_logger_as_text():
     model.learn(32, callback=SampleLogCallback(n_samples=2))
     texts = [r["rollout/samples"] for r in capture.records if "rollout/samples" in r]
     assert texts and texts[0].startswith("| prompt | completion | reward |") and texts[0].count("\n") == 3
+
+
+def test_hub_recipe_runs_unchanged_on_local_stand_ins(tmp_path, classifier_dir):
+    """examples/hub_recipe.py with its hub names swapped for local paths: GPT-2 -> the bundled tiny GPT-2
+    (a local directory), DistilBERT-IMDB -> a tiny POSITIVE/NEGATIVE classifier, IMDB -> a saved dataset of
+    long reviews (so truncation to 8 prompt tokens is exercised)."""
+    import datasets
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    import hub_recipe
+
+    reviews = ["this film was a wonderful surprise from start to finish and the cast is superb",
+               "i did not expect much from this movie but the story kept me watching until the very end"]
+    imdb = tmp_path / "imdb"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": reviews, "label": [1, 0]}),
+                          "test": datasets.Dataset.from_dict({"text": reviews[::-1] * 3, "label": [0, 1] * 3})}
+                         ).save_to_disk(str(imdb))
+    run = hub_recipe.main(["--policy", str(lm_gym.DEFAULT_MODEL), "--classifier", classifier_dir, "--dataset",
+                           str(imdb), "--eval-split", "test[:2]", "--steps", "64", "--n-envs", "2", "--lora",
+                           "--out", str(tmp_path / "runs")])
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    expected = hub_recipe.recipe(str(lm_gym.DEFAULT_MODEL), classifier_dir, str(imdb), "train", "test[:2]", 64, 2,
+                                 True, str(tmp_path / "runs"))
+    assert config == expected and config.kl_target == 6.0 and config.reward == "classifier"
+    summary = json.loads((run / "summary.json").read_text())
+    tokenizer = lm_gym.load_tokenizer()
+    prompts = {s["prompt"] for s in summary["samples_after"]}
+    assert len(prompts) == 2 and all(len(tokenizer(p)["input_ids"]) == 8 for p in prompts)  # truncated
+    assert all(reviews[1].startswith(p) or reviews[0].startswith(p) for p in prompts)
+    assert (run / "model.zip").exists() and (run / "lm" / "config.json").exists()
