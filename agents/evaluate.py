@@ -49,10 +49,10 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
               "samples": episodes_to_dicts(episodes)}
     out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
     out.write_text(json.dumps(result, indent=2))
-    table = Table(title=f"{run.name}: {len(texts)} held-out prompts x {samples or config.eval_samples} samples")
-    for column in COLUMNS.values():
-        table.add_column(column)
-    table.add_row(*(f"{stats[key]:.3f}" for key in COLUMNS))
+    table = Table("metric", "value",
+                  title=f"{run.name}: {len(texts)} held-out prompts x {samples or config.eval_samples} samples")
+    for key, name in COLUMNS.items():
+        table.add_row(name, f"{stats[key]:.3f}")
     (console or Console()).print(table)
     (console or Console()).print(f"wrote {out}")
     return result
