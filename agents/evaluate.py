@@ -13,7 +13,7 @@ from rich.table import Table
 from agents.algorithms import ALGORITHMS
 from agents.checkpoints import CheckpointError, checkpoint_dirs
 from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
-from agents.train import TrainConfig, make_envs
+from agents.train import TrainConfig, make_eval_env
 from lm_gym.prompts import PromptSource, load_prompts
 
 COLUMNS = {"reward_mean": "reward", "kl_mean": "KL to initial LM", "perplexity": "perplexity (initial LM)",
@@ -38,21 +38,23 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
         if not checkpoints:
             raise CheckpointError(f"{run} has neither model.zip nor a checkpoint to evaluate.")
         weights = checkpoints[-1] / "model.zip"
-    _, eval_env, held_out = make_envs(config)
+    eval_env, _, held_out = make_eval_env(config)
     texts = [p.text for p in load_prompts(prompts)] if prompts is not None else held_out
     algorithm = ALGORITHMS[config.algo].cls.load(weights, device=device)
     reference = algorithm.policy.load_reference_model()
     torch.manual_seed(seed)
-    episodes = sample_episodes(algorithm.policy, eval_env, texts, samples or config.eval_samples, reference=reference)
+    samples = samples or config.eval_samples
+    episodes = sample_episodes(algorithm.policy, eval_env, texts, samples, reference=reference)
     stats = summarize(episodes)
     result = {"run": str(run), "weights": str(weights), "prompts": len(texts), "stats": stats,
               "samples": episodes_to_dicts(episodes)}
     out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
     out.write_text(json.dumps(result, indent=2))
     table = Table("metric", "value",
-                  title=f"{run.name}: {len(texts)} held-out prompts x {samples or config.eval_samples} samples")
+                  title=f"{run.name}: {len(texts)} held-out prompts x {samples} samples")
     for key, name in COLUMNS.items():
         table.add_row(name, f"{stats[key]:.3f}")
-    (console or Console()).print(table)
-    (console or Console()).print(f"wrote {out}")
+    console = console or Console()
+    console.print(table)
+    console.print(f"wrote {out}")
     return result

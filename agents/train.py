@@ -27,7 +27,6 @@ from agents.kl import KLPenaltyCallback
 from agents.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
-from lm_gym.rewards import make_reward
 from lm_gym.vector import make_vec_env
 
 
@@ -124,17 +123,24 @@ def new_run_dir(base: str | Path, name: str) -> Path:
     raise FileExistsError(f"could not create a new run directory under {base}")
 
 
-def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
-    """Training VecEnv, a single eval env and the held-out prompt texts, all with one observation window."""
-    env_kwargs = config.env_kwargs()
-    # Built once for both envs: a classifier reward then sits in memory once.
-    env_kwargs["reward"] = make_reward(env_kwargs["reward"], **env_kwargs.pop("reward_kwargs"))
+def make_eval_env(config: TrainConfig) -> tuple[TextGenEnv, list[Prompt], list[str]]:
+    """The single env that samples held-out completions, the training prompts and the held-out prompt texts.
+
+    It knows both prompt sets, so its observation window (which the training envs reuse) fits both.
+    """
     train_prompts, held_out = config.prompt_sets()
-    # The eval env knows both prompt sets, so the training window also fits the held-out prompts.
-    eval_env = TextGenEnv(**{**env_kwargs, "prompts": train_prompts + held_out})
+    eval_env = TextGenEnv(**{**config.env_kwargs(), "prompts": train_prompts + held_out})
+    return eval_env, train_prompts, [p.text for p in held_out]
+
+
+def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
+    """Training VecEnv, the eval env and the held-out prompt texts, all with one observation window."""
+    eval_env, train_prompts, held_out = make_eval_env(config)
+    # The eval env's reward object is shared: a classifier reward then sits in memory once.
+    env_kwargs = {**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None}
     vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
                            **{**env_kwargs, "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens})
-    return vec_env, eval_env, [p.text for p in held_out]
+    return vec_env, eval_env, held_out
 
 
 def train(config: TrainConfig | None = None, resume: str | Path | None = None, console: Console | None = None,
@@ -189,9 +195,11 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
                   + (f" (resuming at step {done})" if resume is not None else ""))
     if resume is None:
         before, before_episodes = evaluate()
-        (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": episodes_to_dicts(before_episodes)}))
-    saved = json.loads((run_dir / "before.json").read_text())
-    before, before_samples = saved["stats"], saved["samples"]
+        before_samples = episodes_to_dicts(before_episodes)
+        (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": before_samples}))
+    else:  # measured when the run started
+        saved = json.loads((run_dir / "before.json").read_text())
+        before, before_samples = saved["stats"], saved["samples"]
 
     own = [SampleLogCallback(config.log_samples)]
     if kl is not None:

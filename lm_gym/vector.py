@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from lm_gym.env import TextGenEnv
-from lm_gym.rewards import Reward, make_reward, score
+from lm_gym.rewards import Reward, score
 
 
 class BatchedRewardVecEnv(VecEnvWrapper):
@@ -54,13 +55,16 @@ def make_vec_env(n_envs: int = 8, seed: int | None = None, vec_env_cls: type[Vec
                  **env_kwargs: Any) -> VecEnv:
     """``n_envs`` TextGen-v0 envs with batched sparse rewards and a ``VecMonitor`` (episode stats).
 
-    Env ``i`` is seeded with ``seed + i`` at the first reset. Dense rewards skip the batching wrapper. A reward
-    given by name is built once and shared (one classifier in memory, not ``n_envs``), except in
-    subprocess envs, where each process builds its own.
+    Env ``i`` is seeded with ``seed + i`` at the first reset. Dense rewards skip the batching wrapper. In one
+    process the envs are shallow copies of one ``TextGenEnv``: the prompts are tokenized and the reward (a
+    classifier, say) is loaded once, not ``n_envs`` times, and ``reset()`` gives each copy its own episode
+    state and RNG. Subprocess envs build their own.
     """
     if vec_env_cls is DummyVecEnv:
-        env_kwargs["reward"] = make_reward(env_kwargs.get("reward", "sentiment"), **(env_kwargs.pop("reward_kwargs", None) or {}))
-    venv = vec_env_cls([lambda: TextGenEnv(**env_kwargs) for _ in range(n_envs)])
+        template = TextGenEnv(**env_kwargs)
+        venv = vec_env_cls([lambda: copy.copy(template) for _ in range(n_envs)])
+    else:
+        venv = vec_env_cls([lambda: TextGenEnv(**env_kwargs) for _ in range(n_envs)])
     if env_kwargs.get("reward_mode", "sparse") == "sparse":
         venv = BatchedRewardVecEnv(venv)
     if seed is not None:

@@ -158,6 +158,19 @@ def test_batched_rewards_score_all_finished_episodes_in_one_call():
         lm_gym.BatchedRewardVecEnv(make_vec_env(lambda: lm_gym.TextGenEnv(prompts=["a"]), n_envs=2))
 
 
+def test_vec_envs_share_prompts_and_reward_but_not_episodes():
+    venv = lm_gym.make_vec_env(n_envs=3, seed=0, max_new_tokens=3)
+    envs = venv.venv.venv.envs  # VecMonitor > BatchedRewardVecEnv > DummyVecEnv
+    assert len({id(e) for e in envs}) == 3
+    assert all(e.prompt_ids is envs[0].prompt_ids and e.reward is envs[0].reward for e in envs)
+    venv.reset()
+    venv.step(np.array([5, 6, 7]))
+    assert [e._new_ids for e in envs] == [[5], [6], [7]]
+    assert [e.np_random.bit_generator.state == envs[0].np_random.bit_generator.state for e in envs] == [True, False, False]
+    draws = [lm_gym.TextGenEnv(max_new_tokens=3).reset(seed=i)[1]["prompt"] for i in range(3)]
+    assert [e._prompt.text for e in envs] == draws  # env i seeded with seed + i, as if built alone
+
+
 def test_bf16_autocast_trains_without_nan():
     model = make_ppo({"autocast_dtype": "bfloat16"})
     model.learn(96)
