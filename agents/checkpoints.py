@@ -18,7 +18,6 @@ import random
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

@@ -68,7 +68,7 @@ def sample_episodes(
             distribution = next_token_distribution(policy, batch)
             actions = distribution.probs.argmax(-1) if deterministic else distribution.sample()
             if reference is not None:
-                ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0)
+                ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0, hidden=False)
                 ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
                 kls[active] += (distribution.log_prob(actions) - ref_log_probs).cpu().numpy()
                 ref_totals[active] += ref_log_probs.cpu().numpy()

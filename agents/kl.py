@@ -88,7 +88,7 @@ class KLPenaltyCallback(BaseCallback):
         for start in range(0, len(actions), self.batch_size):
             part = slice(start, start + self.batch_size)
             obs = {key: torch.as_tensor(value[part], device=device) for key, value in observations.items()}
-            logits, _ = next_token_logits(self.reference, obs, n_actions)
+            logits, _ = next_token_logits(self.reference, obs, n_actions, hidden=False)
             chosen = torch.as_tensor(actions[part], device=device).long().view(-1, 1)
             out[part] = logits.log_softmax(-1).gather(1, chosen).squeeze(1).cpu().numpy()
         return out

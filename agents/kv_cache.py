@@ -2,10 +2,9 @@
 
 SB3's ``collect_rollouts`` calls ``policy(obs)`` once per step for all envs together, each time with the
 whole left-padded window. Between two calls a row either grew by exactly one token (the window shifted
-left by one) or started a new episode. :func:`agents.lm_forward.continues` proves the first case from the ids alone;
-those rows run one token through the LM on top of their cached keys/values, the others get a full
-forward. The cache is kept aligned with the window (column j of the cache is column j of the
-observation), so it never grows past the window.
+left by one) or started a new episode. :func:`agents.lm_forward.continues` proves the first case from the
+ids alone. Every step is then one LM call: the rows that grew feed their new token on top of their
+cached keys/values, the rows that restarted feed their whole (new) sequence, in the same batch.
 """
 
 from __future__ import annotations
@@ -14,85 +13,141 @@ import contextlib
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 
-from agents.lm_forward import Observation, accepts_logits_to_keep, continues, position_ids
+from agents.lm_forward import LMOutput, Observation, continues, position_ids, run_lm
+
+
+# A step where some rows restart runs as one call when the query columns it pads into the continuing rows
+# ((width - 1) per row) are cheap next to a second LM call, else as two calls. Measured on a 2-core CPU with
+# the bundled LM: a call costs about as much as 200-550 padded tokens; on a GPU a call's launch overhead
+# outweighs thousands of tokens of a 124M-1B model, so the one call always wins there.
+MERGE_PADDING_CPU = 256
+MERGE_PADDING_ACCELERATOR = 1 << 30
+# Each step copies the whole cache (the model appends with torch.cat), so dead columns cost memory traffic;
+# compacting (one gather) every few steps keeps the cache within this many columns (or half the longest
+# row) of the longest row's live keys, as generate()'s cache is.
+COMPACT_SLACK = 16
 
 
 class RolloutKVCache:
-    """Keys/values of the last observation batch, reused when rows continue by one token.
+    """Keys/values of every row so far, reused when rows continue by one token.
+
+    Layout: the model's own cache object grows by each step's columns, and ``key_mask`` ``(B, K)`` says
+    which of its columns belong to each row's current sequence (attention is order-free, positions are
+    given explicitly). A step where some rows restart either runs ``width`` columns for everyone (the
+    restarted rows' sequences, left-padded; in the continuing rows the new token in the last column, the
+    others masked) or, when that padding would cost more than a second call, runs the restarted rows in a
+    call of their own and writes their keys/values into their rows (see ``MERGE_PADDING_*``). When dead
+    columns pile up, each row's live keys are gathered back into the width of the longest row. No step
+    rebuilds or re-gathers the cache except that compaction.
 
     ``weights_version`` must change whenever the LM's weights do (the policy passes the sum of its
     parameters' in-place version counters); a changed version, batch size or window drops the cache.
     """
 
     def __init__(self) -> None:
+        self.rows_seen = 0  # rows evaluated, and how many of them ran in full (new episodes, or the first
+        self.rows_restarted = 0  # step after a weight change): their ratio ~ the episode length
         self.reset()
 
     def reset(self) -> None:
+        """Drop the cached keys/values (the row counters keep counting)."""
         self.ids: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cache: Any = None
+        self.key_mask: torch.Tensor | None = None
         self.weights_version: int | None = None
+        self.logits: torch.Tensor | None = None  # the last call's results, returned again for the same obs
+        self.hidden: torch.Tensor | None = None
+        self.hidden_kept = False
 
     @torch.no_grad()
-    def __call__(self, lm: PreTrainedModel, obs: Observation, n_actions: int, weights_version: int,
-                 autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, lm: torch.nn.Module, obs: Observation, n_actions: int, weights_version: int,
+                 autocast: Any = None, hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits ``(B, n_actions)`` (float32) and last hidden states ``(B, H)`` for ``obs``."""
         ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()
-        if self.ids is None or self.ids.shape != ids.shape or self.weights_version != weights_version:
-            grown = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+        batch, window = ids.shape
+        same_rows = self.ids is not None and self.ids.shape == ids.shape and self.weights_version == weights_version
+        if same_rows and torch.equal(ids, self.ids) and torch.equal(mask, self.mask) and self.hidden_kept >= hidden:
+            return self.logits, self.hidden  # the same observations again (SB3 bootstraps, then steps, on one obs)
+        if not same_rows:
+            # A plain DynamicCache: one full-attention layer per model layer, whatever the model's config.
+            self.cache, self.key_mask = DynamicCache(), mask.new_zeros(batch, 0)
+            grown = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         else:
             grown = continues(self.ids, self.mask, ids, mask)
-        with autocast or contextlib.nullcontext():
-            if grown.all():  # the common step: every row grew by one token; nothing to gather or scatter
-                logits, hidden, layers = _extend(lm, ids, mask, self.mask, self.layers, n_actions)
+        if grown.all():  # the common step: one new token per row
+            out = self._run(lm, ids[:, -1:], self.key_mask, mask[:, -1:], mask.sum(-1, keepdim=True) - 1, autocast,
+                            hidden)
+        else:
+            restarted = ~grown
+            width = int(mask[restarted].sum(-1).max())  # the longest sequence that runs in full
+            n_restarted = int(restarted.sum())
+            self.rows_restarted += n_restarted
+            padding = (width - 1) * (batch - n_restarted)  # query columns the continuing rows would waste
+            limit = MERGE_PADDING_CPU if ids.device.type == "cpu" else MERGE_PADDING_ACCELERATOR
+            if padding <= limit or self.key_mask.shape[1] + 1 < width:
+                out = self._merged_step(lm, ids, mask, grown, width, autocast, hidden)
             else:
-                parts = []
-                if grown.any():
-                    rows = grown.nonzero().squeeze(1)
-                    past = [(k[rows], v[rows]) for k, v in self.layers]
-                    parts.append((rows, _extend(lm, ids[rows], mask[rows], self.mask[rows], past, n_actions)))
-                rows = (~grown).nonzero().squeeze(1)
-                parts.append((rows, _full(lm, ids[rows], mask[rows], n_actions)))
-                logits, hidden, layers = _scatter(parts, len(ids))
-        self.ids, self.mask, self.layers, self.weights_version = ids, mask, layers, weights_version
-        return logits, hidden
+                out = self._split_step(lm, ids, mask, grown, width, autocast, hidden)
+        self.ids, self.mask, self.weights_version = ids, mask, weights_version
+        self.logits = out.logits[:, -1, :n_actions].float()
+        self.hidden, self.hidden_kept = (None, False) if out.hidden is None else (out.hidden[:, -1], True)
+        longest = int(mask.sum(-1).max())  # live keys of the longest row: what the cache must hold
+        if self.key_mask.shape[1] > longest + max(COMPACT_SLACK, longest // 2):
+            self._compact(longest)
+        self.rows_seen += batch
+        return self.logits, self.hidden
 
+    def _run(self, lm: torch.nn.Module, step_ids: torch.Tensor, key_mask: torch.Tensor, step_mask: torch.Tensor,
+             positions: torch.Tensor, autocast: Any, hidden: bool) -> LMOutput:
+        """One LM call of ``step_ids`` on top of the cache; the cache and ``key_mask`` grow by its columns."""
+        self.key_mask = torch.cat([key_mask, step_mask], 1)
+        with autocast or contextlib.nullcontext():
+            out = run_lm(lm, step_ids, self.key_mask, positions, keep=1, past=self.cache, use_cache=True, hidden=hidden)
+        self.cache = out.cache
+        return out
 
-Layers = list[tuple[torch.Tensor, torch.Tensor]]
+    def _merged_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor, width: int,
+                     autocast: Any, hidden: bool) -> LMOutput:
+        """Restarted rows run their last ``width`` columns, continuing rows their newest token (the other
+        ``width - 1`` columns masked): one call."""
+        step_mask = mask[:, -width:].clone()
+        step_mask[grown, :-1] = 0
+        key_mask = self.key_mask * grown[:, None]  # a restarted row's old keys are not its own any more
+        return self._run(lm, ids[:, -width:], key_mask, step_mask, position_ids(mask)[:, -width:], autocast, hidden)
 
+    def _split_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor, width: int,
+                    autocast: Any, hidden: bool) -> LMOutput:
+        """Every row adds one column (a masked placeholder in restarted rows), then the restarted rows run on
+        their own and their keys/values overwrite the last ``width`` columns of their rows: two calls, no
+        padded columns."""
+        out = self._run(lm, ids[:, -1:], self.key_mask * grown[:, None], mask[:, -1:] * grown[:, None],
+                        mask.sum(-1, keepdim=True) - 1, autocast, hidden)
+        rows = (~grown).nonzero().squeeze(1)
+        row_mask = mask[rows, -width:]
+        with autocast or contextlib.nullcontext():
+            fresh = run_lm(lm, ids[rows, -width:], row_mask, position_ids(row_mask), keep=1, use_cache=True,
+                           hidden=hidden)
+        for layer, new in zip(self.cache.layers, fresh.cache.layers):
+            layer.keys[rows, :, -width:], layer.values[rows, :, -width:] = new.keys, new.values
+        self.key_mask[rows] = 0
+        self.key_mask[rows, -width:] = row_mask
+        out.logits[rows, -1:] = fresh.logits[:, -1:]
+        if hidden:
+            out.hidden[rows, -1:] = fresh.hidden[:, -1:]
+        return out
 
-def _extend(lm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, prev_mask: torch.Tensor, past: Layers,
-            n_actions: int) -> tuple[torch.Tensor, torch.Tensor, Layers]:
-    """Run only the newest token of each row on top of its cached keys/values."""
-    out = lm(input_ids=ids[:, -1:], attention_mask=torch.cat([prev_mask, mask[:, -1:]], 1),
-             position_ids=position_ids(mask)[:, -1:], past_key_values=DynamicCache(ddp_cache_data=past),
-             use_cache=True, output_hidden_states=True)
-    # Drop the column that slid out of the window: the cache stays aligned with the observation.
-    layers = [(layer.keys[:, :, 1:], layer.values[:, :, 1:]) for layer in out.past_key_values.layers]
-    return out.logits[:, -1, :n_actions].float(), out.hidden_states[-1][:, -1], layers
-
-
-def _full(lm: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n_actions: int
-          ) -> tuple[torch.Tensor, torch.Tensor, Layers]:
-    """Run whole windows (new episodes, or rows the cache cannot prove) and keep their keys/values."""
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(lm) else {}
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
-             output_hidden_states=True, **keep)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-    return out.logits[:, -1, :n_actions].float(), out.hidden_states[-1][:, -1], layers
-
-
-def _scatter(parts: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Layers]]], batch: int
-             ) -> tuple[torch.Tensor, torch.Tensor, Layers]:
-    """Reassemble per-row results computed in groups into full-batch tensors."""
-    _, (logits0, hidden0, layers0) = parts[0]
-    logits = logits0.new_empty(batch, logits0.shape[-1])
-    hidden = hidden0.new_empty(batch, hidden0.shape[-1])
-    layers = [(k.new_empty(batch, *k.shape[1:]), v.new_empty(batch, *v.shape[1:])) for k, v in layers0]
-    for rows, (part_logits, part_hidden, part_layers) in parts:
-        logits[rows], hidden[rows] = part_logits, part_hidden
-        for (keys, values), (k, v) in zip(layers, part_layers):
-            keys[rows], values[rows] = k, v
-    return logits, hidden, layers
+    def _compact(self, width: int) -> None:
+        """Gather each row's live keys/values (at most ``width``, in order) into the last columns of a
+        ``width``-wide cache; the columns before them point at a masked column and stay masked."""
+        key_mask = self.key_mask
+        live = key_mask.sum(-1, keepdim=True)
+        live_first = torch.sort(1 - key_mask, dim=1, stable=True).indices  # live columns first, in order
+        rank = torch.arange(width, device=key_mask.device) - (width - live)  # (B, width): which live column
+        source = torch.where(rank >= 0, live_first.gather(1, rank.clamp(min=0)), live_first[:, -1:])
+        for layer in self.cache.layers:
+            index = source[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+        self.key_mask = (rank >= 0).to(key_mask.dtype)

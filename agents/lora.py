@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from torch import nn
@@ -15,7 +16,9 @@ def add_lora(lm: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
         raise ImportError("lora=... needs the peft package: pip install 'lm-gym[lora]'") from error
-    return get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **lora))
+    with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecated; nothing to do here
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **lora))
 
 
 class AdaptersDisabled(nn.Module):

@@ -60,9 +60,9 @@ class TopPMask:
             self.cache.reset()
         with autocast or contextlib.nullcontext():
             if cached:
-                logits, _ = self.cache(self.lm, obs, n_actions, weights_version=self.updates)
+                logits, _ = self.cache(self.lm, obs, n_actions, weights_version=self.updates, hidden=False)
             else:
-                logits, _ = next_token_logits(self.lm, obs, n_actions)
+                logits, _ = next_token_logits(self.lm, obs, n_actions, hidden=False)
         probs, order = logits.float().softmax(-1).sort(-1, descending=True)
         keep_sorted = probs.cumsum(-1) - probs < self.top_p  # the smallest prefix holding top_p of the mass
         keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)

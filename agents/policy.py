@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agents.kv_cache import RolloutKVCache
-from agents.lm_forward import next_token_logits
+from agents.lm_forward import forward_plan, next_token_logits
 from agents.nlpo import TopPMask
 from agents.lora import AdaptersDisabled, add_lora, merged_copy
 from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, resolve_model, save_pretrained
@@ -46,8 +47,9 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
             distribution is still computed from float32 logits.
         use_kv_cache: during rollouts, reuse each env's keys/values from the previous step (exact: a row
             is only continued when its ids prove it grew by one token).
-        group_episodes: in the update, compute all steps of an episode with one forward when the
-            minibatch holds them in order (use ``rollout_buffer_class=EpisodeRolloutBuffer``).
+        group_episodes: in the update, compute every row that is a prefix of another row of the minibatch
+            (the steps of one episode) from one forward of the longer row. Any buffer order benefits;
+            ``rollout_buffer_class=EpisodeRolloutBuffer`` makes it one forward per episode.
         top_p_mask: NLPO-style masking: allow only the top-p nucleus of a delayed copy of the LM
             (``None``: off). Combined with the env's ``action_masks()`` under MaskablePPO.
         mask_update_interval: updates between refreshes of that delayed copy.
@@ -99,6 +101,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         self.shared_critic = shared_critic
         self.lora = lora
         self.kv_cache = RolloutKVCache()
+        self.episode_lengths = EpisodeLengthMonitor(self.kv_cache)
         self._in_update = False
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
@@ -163,21 +166,33 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=getattr(torch, self.autocast_dtype))
 
-    def _distribution_and_values(self, obs: PyTorchObs, action_masks: Masks = None, cached: bool = False
-                                 ) -> tuple[MaskableCategoricalDistribution, torch.Tensor]:
-        """The (masked) next-token distribution and values; ``cached`` on the per-step rollout paths only."""
+    def _logits_and_values(self, obs: PyTorchObs, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 next-token logits ``(B, n)`` and values ``(B, 1)``.
+
+        ``cached`` on the per-step rollout paths only: the KV cache continues each row from the last call.
+        """
+        n_actions = self.action_space.n
         if cached and self.use_kv_cache and not torch.is_grad_enabled():
             # In-place updates (optimizer steps, load_state_dict) bump these counters: a changed sum
             # means changed weights, and the cache is dropped.
             version = sum(p._version for p in self._lm_parameters)
-            logits, hidden = self.kv_cache(self.lm, obs, self.action_space.n, version, self._autocast())
+            logits, hidden = self.kv_cache(self.lm, obs, n_actions, version, self._autocast())
         else:
+            plan = forward_plan(obs["input_ids"], obs["attention_mask"], share=self.group_episodes)
+            if torch.is_grad_enabled() and self.group_episodes:
+                self.episode_lengths.check_update(len(plan.chain), len(plan.roots))
             with self._autocast():
-                logits, hidden = next_token_logits(self.lm, obs, self.action_space.n, group=self.group_episodes)
+                logits, hidden = next_token_logits(self.lm, obs, n_actions, plan)
         critic_input = hidden if self.shared_critic else hidden.detach()
         values = self.value_head(critic_input.to(self.value_head.weight.dtype)).float()
-        distribution = self.action_dist.proba_distribution(action_logits=logits.float())
-        masks = self._masks(obs, action_masks, cached)
+        return logits.float(), values
+
+    def _distribution_and_values(self, obs: PyTorchObs, action_masks: Masks = None
+                                 ) -> tuple[MaskableCategoricalDistribution, torch.Tensor]:
+        """The (masked) next-token distribution and values, for the update and for SB3's API."""
+        logits, values = self._logits_and_values(obs)
+        masks = self._masks(obs, action_masks, cached=False)
+        distribution = self.action_dist.proba_distribution(action_logits=logits)
         if masks is not None:
             distribution.apply_masking(masks)
         return distribution, values
@@ -196,12 +211,13 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
     def forward(self, obs: PyTorchObs, deterministic: bool = False, action_masks: Masks = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample next tokens. Returns actions ``(B,)``, values ``(B, 1)`` and log-probs ``(B,)``."""
-        distribution, values = self._distribution_and_values(obs, action_masks, cached=True)
-        actions = distribution.get_actions(deterministic=deterministic)
-        return actions, values, distribution.log_prob(actions)
+        logits, values = self._logits_and_values(obs, cached=True)
+        actions, log_probs = sample_tokens(logits, self._masks(obs, action_masks, cached=True), deterministic)
+        return actions, values, log_probs
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False, action_masks: Masks = None) -> torch.Tensor:
-        return self._distribution_and_values(observation, action_masks, cached=True)[0].get_actions(deterministic)
+        logits, _ = self._logits_and_values(observation, cached=True)
+        return sample_tokens(logits, self._masks(observation, action_masks, cached=True), deterministic)[0]
 
     def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor, action_masks: Masks = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -213,7 +229,9 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         return self._distribution_and_values(obs, action_masks)[0]
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
-        return self._distribution_and_values(obs)[1]
+        # Without gradients this is SB3's bootstrap at the end of a rollout, on the observations that follow its
+        # last step: the KV cache continues them, and the next rollout's first step finds them cached.
+        return self._logits_and_values(obs, cached=True)[1]
 
     def load_reference_model(self) -> nn.Module:
         """The initial LM, frozen, for KL terms: with LoRA the policy's own LM with adapters disabled,
@@ -251,3 +269,51 @@ def _eos_ids(lm: PreTrainedModel) -> list[int]:
     eos = lm.generation_config.eos_token_id if lm.generation_config is not None else None
     eos = lm.config.eos_token_id if eos is None else eos
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+MASKED_LOGIT = -1e8  # what sb3-contrib's MaskableCategorical puts at masked tokens
+
+
+def sample_tokens(logits: torch.Tensor, masks: torch.Tensor | None, deterministic: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``(B,)`` and their log-probs ``(B,)`` from float32 logits ``(B, n)``, without distribution objects.
+
+    The same operations as sb3-contrib's ``MaskableCategorical`` (masked logits, normalised by logsumexp,
+    softmax, ``torch.multinomial``; the mode is the argmax of the probabilities): the same random stream
+    gives the same tokens. Skipping the two distribution objects and their argument validation is what
+    makes it cheaper on the per-step rollout path.
+    """
+    if masks is not None:
+        logits = torch.where(masks, logits, torch.tensor(MASKED_LOGIT, dtype=logits.dtype, device=logits.device))
+    log_probs = logits - logits.logsumexp(-1, keepdim=True)
+    probs = torch.softmax(log_probs, -1)
+    actions = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, True).squeeze(1)
+    return actions, log_probs.gather(1, actions[:, None]).squeeze(1)
+
+
+class EpisodeLengthMonitor:
+    """Warns once when the update runs far more LM forwards than episode-ordered minibatches would.
+
+    Rollouts tell how long episodes are (the KV cache sees rows continue or restart). An update minibatch
+    whose rows share forwards with fewer than half as many other rows as that (SB3's default buffer
+    shuffles single steps, so most of an episode's steps land in other minibatches) pays up to an episode
+    length's worth of forwards per token; :class:`agents.EpisodeRolloutBuffer` removes that.
+    """
+
+    def __init__(self, rollout_cache: RolloutKVCache) -> None:
+        self.rollout_cache, self.warned = rollout_cache, False
+
+    def check_update(self, rows: int, forwards: int) -> None:
+        """Called for each update minibatch: ``rows`` steps that needed ``forwards`` LM forwards."""
+        restarts = self.rollout_cache.rows_restarted
+        if self.warned or rows < 16 or not restarts:
+            return
+        episode_length = self.rollout_cache.rows_seen / restarts
+        if episode_length >= 4 and rows / forwards < episode_length / 2:
+            self.warned = True
+            warnings.warn(
+                f"LMActorCriticPolicy: this update minibatch of {rows} steps needed {forwards} LM forwards, while "
+                f"episodes run ~{episode_length:.0f} steps: the rollout buffer hands out single steps in random "
+                "order, so most forwards serve one step. Pass rollout_buffer_class=EpisodeRolloutBuffer "
+                "(from agents; MaskableEpisodeRolloutBuffer for MaskablePPO) to PPO/A2C: its minibatches are "
+                "whole episodes, and one forward covers every step of an episode.", stacklevel=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import TqdmExperimentalWarning
 
 from agents.algorithms import ALGORITHMS, make_algorithm
 from agents.checkpoints import CheckpointCallback, CheckpointError, checkpoint_dirs, load_checkpoint
@@ -207,8 +209,10 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
     if config.checkpoint_every:
         own.append(CheckpointCallback(run_dir / "checkpoints", config.checkpoint_every, kl))
     start = time.perf_counter()
-    algorithm.learn(total_timesteps=config.steps - done, callback=[*own, *callbacks], progress_bar=True,
-                    reset_num_timesteps=resume is None, tb_log_name="train")
+    with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which calls itself experimental each time
+        warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+        algorithm.learn(total_timesteps=config.steps - done, callback=[*own, *callbacks], progress_bar=True,
+                        reset_num_timesteps=resume is None, tb_log_name="train")
     train_seconds = time.perf_counter() - start
     after, after_episodes = evaluate()
     after_samples = episodes_to_dicts(after_episodes)

@@ -35,14 +35,13 @@ def one(shape: str, config: str, n_envs: int, new_tokens: int) -> dict:
     import torch
 
     from agents import KLPenaltyCallback
-    from harness import model_path
-    from rollout import ppo_for
+    from harness import build_ppo
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model = ppo_for(model_path(shape), n_envs, 16, new_tokens, **CONFIGS[config])
+    model = build_ppo("recommended", shape, n_envs, 16, new_tokens, eos=False, **CONFIGS[config])
     kl = KLPenaltyCallback(coef=0.05)  # loads the reference the way lm-gym train does
     model.learn(model.n_steps * n_envs, callback=kl)
     policy = model.policy

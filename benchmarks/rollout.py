@@ -1,71 +1,95 @@
-"""Target 1: rollout tokens/s through stock ``PPO.collect_rollouts`` vs ``model.generate()``.
+"""Rollout tokens/s: stock ``PPO.collect_rollouts`` on the plain and the recommended path vs ``model.generate()``.
 
-Same model, batch (n_envs), prompt and completion lengths; every episode runs its full length.
-The stock SB3 loop calls the policy once per token for all envs; with ``use_kv_cache`` each call
-feeds one token per env on top of cached keys/values.
+EOS is on: episodes end early and restart with a full prefill, as users' do (random-init shapes, which
+never write their EOS, end at a stop set instead: ``harness.stop_token_ids``). Same LM, prompts (all of
+``--prompt-tokens`` tokens), budget and batch (``--n-envs`` rows). Tokens are counted as generated:
+env steps for the rollout; for ``generate()``, each row's tokens up to and including its EOS (a batch
+keeps running until its last row finishes, as ``generate()`` does). The three are timed in turn within
+each repeat; medians of the repeats.
 
-    python benchmarks/rollout.py [--shape tiny|gpt2-small] [--n-envs 8] [--prompt-tokens 16] [--new-tokens 32]
+    python benchmarks/rollout.py [--shape tiny|gpt2-small] [--n-envs 8,64] [--prompt-tokens 16] [--new-tokens 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
-from stable_baselines3 import PPO
 
 import lm_gym
-from agents import EpisodeRolloutBuffer, LMActorCriticPolicy
-from harness import add_shape_arguments, device, machine, median_seconds, model_path, prompts_of_length
+from harness import (PATHS, add_shape_arguments, build_ppo, collect_once, machine, prompts_of_length, stop_token_ids,
+                     synchronize)
 
 
-def ppo_for(path: str, n_envs: int, prompt_tokens: int, new_tokens: int, buffer_class=EpisodeRolloutBuffer,
-            n_epochs: int = 1, **policy_kwargs) -> PPO:
-    """PPO on envs whose episodes all run ``new_tokens`` steps; a rollout is two episodes per env."""
-    env = lm_gym.make_vec_env(n_envs, seed=0, model=path, prompts=prompts_of_length(prompt_tokens, n_envs),
-                              max_new_tokens=new_tokens, stop_tokens=[], reward="sentiment")
-    return PPO(LMActorCriticPolicy, env, n_steps=2 * new_tokens, batch_size=4 * new_tokens, n_epochs=n_epochs,
-               seed=0, device=device(), policy_kwargs={"model": path, **policy_kwargs},
-               rollout_buffer_class=buffer_class)
+def timed(fn) -> tuple[float, int]:
+    """(seconds, tokens) of one call of ``fn`` (which returns the tokens it generated)."""
+    synchronize()
+    start = time.perf_counter()
+    tokens = fn()
+    synchronize()
+    return time.perf_counter() - start, tokens
 
 
-def collect_seconds(model: PPO, repeats: int) -> float:
-    model._setup_learn(total_timesteps=10**9)
-    callback = model._init_callback(None)
-    return median_seconds(lambda: model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps),
-                          repeats)
+def rollout_fn(model):
+    def run() -> int:
+        collect_once(model)
+        return model.n_steps * model.n_envs
+
+    return run
 
 
-def generate_seconds(model: PPO, prompts: list[str], new_tokens: int, repeats: int) -> float:
+def generate_fn(model, prompts: list[str], new_tokens: int, stop_ids: list[int] | None):
     tokenizer = lm_gym.load_tokenizer(model.policy.model_name)
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-    lm = model.policy.lm.eval()
+    lm = model.policy.lm
+    stops = torch.tensor(stop_ids if stop_ids is not None else [tokenizer.eos_token_id], device=model.device)
 
     @torch.no_grad()
-    def run():
-        lm.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, top_k=0,
-                    pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    def run() -> int:
+        out = lm.generate(**batch, max_new_tokens=new_tokens, do_sample=True, top_k=0, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=stops.tolist(), use_cache=True)[:, batch["input_ids"].shape[1]:]
+        # Tokens up to and including each row's first stop token (generate() pads finished rows after it).
+        is_stop = torch.isin(out, stops)
+        ended = is_stop.int().cumsum(1)
+        return int(((ended == 0) | ((ended == 1) & is_stop)).sum())
 
-    return median_seconds(run, repeats)
+    return run
+
+
+def measure(shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, float]:
+    models = {name: build_ppo(name, shape, n_envs, prompt_tokens, new_tokens) for name in PATHS}
+    for model in models.values():
+        model.policy.set_training_mode(False)
+    runs = {name: rollout_fn(model) for name, model in models.items()}
+    runs["generate()"] = generate_fn(models["recommended"], prompts_of_length(prompt_tokens, n_envs), new_tokens,
+                                     stop_token_ids(shape))
+    for run in runs.values():  # warm-up
+        run()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds, tokens = timed(run)
+            rates[name].append(tokens / seconds)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(parser)
     args = parser.parse_args()
-    path = model_path(args.shape)
-    tokens = 2 * args.new_tokens * args.n_envs  # per rollout
-    results = {}
-    for name, kwargs in (("stock SB3 loop, no cache", {"use_kv_cache": False}), ("stock SB3 loop, KV cache", {})):
-        model = ppo_for(path, args.n_envs, args.prompt_tokens, args.new_tokens, **kwargs)
-        results[name] = tokens / collect_seconds(model, args.repeats)
-    prompts = prompts_of_length(args.prompt_tokens, args.n_envs)
-    results["generate()"] = tokens / (2 * generate_seconds(model, prompts, args.new_tokens, args.repeats))
-    print(f"# rollout: {args.shape}, n_envs={args.n_envs}, {args.prompt_tokens}+{args.new_tokens} tokens; {machine()}")
-    for name, rate in results.items():
-        print(f"{name:28s} {rate:10.0f} tokens/s")
-    print(f"KV cache speed-up over no cache: {results['stock SB3 loop, KV cache'] / results['stock SB3 loop, no cache']:.2f}x")
-    print(f"collect_rollouts / generate(): {results['stock SB3 loop, KV cache'] / results['generate()']:.2f}x (target >= 1.0x)")
+    print(f"# rollout: {args.shape}, {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, "
+          f"{args.repeats} repeats; {machine()}")
+    summary = []
+    for n_envs in args.n_envs:
+        rates = measure(args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats)
+        print(f"## {n_envs} envs")
+        for name, rate in rates.items():
+            print(f"{name:14s} {rate:10.0f} tokens/s   {PATHS.get(name, 'the same LM, batch and prompts')}")
+        summary.append(f"{n_envs} envs: " + ", ".join(
+            f"{name} {rates[name] / rates['generate()']:.2f}x" for name in PATHS))
+    print("rollout / generate() (target >= 1.0x): " + "; ".join(summary))
 
 
 if __name__ == "__main__":

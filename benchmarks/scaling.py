@@ -24,15 +24,12 @@ HERE = Path(__file__).resolve().parent
 
 def one(shape: str, new_tokens: int, n_envs: int, path_kind: str) -> dict:
     import torch
-    from stable_baselines3.common.buffers import DictRolloutBuffer
 
-    from agents import EpisodeRolloutBuffer
-    from harness import model_path, synchronize
-    from rollout import ppo_for
+    from harness import build_ppo, synchronize
 
     old = path_kind == "old"
-    model = ppo_for(model_path(shape), n_envs, 16, new_tokens, buffer_class=DictRolloutBuffer if old else EpisodeRolloutBuffer,
-                    use_kv_cache=not old, group_episodes=not old)
+    model = build_ppo("plain" if old else "recommended", shape, n_envs, 16, new_tokens, eos=False,
+                      use_kv_cache=not old, group_episodes=not old)
     model._setup_learn(total_timesteps=10**9)
     callback = model._init_callback(None)
     reference = model.policy.load_reference_model()  # resident like the KL callback's

@@ -1,80 +1,107 @@
-"""Target 2: ``PPO.train`` tokens/s vs a plain full-sequence forward+backward of the same model and tokens.
+"""Update tokens/s: ``PPO.train`` on the plain and the recommended path vs the limit, a plain LM step.
 
-After one rollout (every episode runs its full length), times one PPO epoch over it:
-- stock SB3 buffer: each minibatch row is one token, evaluated over its whole prefix;
-- EpisodeRolloutBuffer: each episode's steps are evaluated by one forward of the episode;
-- plain: the same episodes as whole sequences, a causal-LM loss, backward and an Adam step per minibatch
-  (what a supervised fine-tuning step on these tokens costs).
+After one rollout with EOS on, times one PPO epoch over it (``model.train()``, ``n_epochs=1``) and, for
+each path, the limit: a forward + backward + Adam step of the same LM over the same tokens in the same
+number of minibatches. The limit's minibatches hold the rollout's episodes as whole sequences (each
+episode's last observation), with logits only at its generated positions and a cross-entropy on its
+tokens: what a supervised fine-tuning step on these tokens costs.
 
-    python benchmarks/update.py [--shape tiny|gpt2-small] [--n-envs 8] [--prompt-tokens 16] [--new-tokens 32]
+- plain: SB3's default buffer, whose minibatches are single steps in random order;
+- recommended: ``EpisodeRolloutBuffer``, whose minibatches are whole episodes.
+
+    python benchmarks/update.py [--shape tiny|gpt2-small] [--n-envs 8,64] [--paths plain,recommended]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
+import numpy as np
 import torch
-from stable_baselines3.common.buffers import DictRolloutBuffer
 
+from agents.buffers import EpisodeBatches
 from agents.lm_forward import position_ids
-from harness import add_shape_arguments, machine, median_seconds, model_path
-from rollout import ppo_for
+from harness import PATHS, add_shape_arguments, build_ppo, collect_once, machine, median_seconds
 
 
-def plain_step_seconds(model, repeats: int) -> float:
-    """Forward+backward+Adam over the rollout's episodes as whole sequences, in the same minibatches."""
+def minibatch_count(model) -> int:
+    """How many minibatches ``model.train()`` runs per epoch over its current buffer."""
     buffer = model.rollout_buffer
-    segments = buffer.episode_segments()
-    last = [segment[-1] for segment in segments]
-    flat = {k: buffer.swap_and_flatten(v) if v.ndim == 3 else v for k, v in buffer.observations.items()}
-    ids = torch.as_tensor(flat["input_ids"][last], device=model.device)
-    mask = torch.as_tensor(flat["attention_mask"][last], device=model.device)
-    per_batch = max(1, model.batch_size // len(segments[0]))
-    lm = model.policy.lm
-    optimizer = torch.optim.Adam(lm.parameters(), lr=1e-6)
+    if hasattr(buffer, "episode_segments"):
+        return sum(1 for _ in buffer.get(model.batch_size))
+    return -(-buffer.buffer_size * buffer.n_envs // model.batch_size)
 
-    def run():
-        for start in range(0, len(ids), per_batch):
-            i, m = ids[start : start + per_batch], mask[start : start + per_batch]
-            logits = lm(input_ids=i, attention_mask=m, position_ids=position_ids(m)).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), i[:, 1:].flatten(), reduction="none")
-            (loss * m[:, 1:].flatten()).mean().backward()
+
+def limit_step(model, minibatches: int):
+    """Forward + backward + Adam over the rollout's episodes as whole sequences, in ``minibatches`` minibatches."""
+    buffer = model.rollout_buffer
+    segments = EpisodeBatches.episode_segments(buffer)  # flat (env-major) indices of each episode's steps
+    observations = {key: (value.swapaxes(0, 1).reshape(-1, value.shape[-1]) if value.shape[:2] ==
+                          (buffer.buffer_size, buffer.n_envs) else value) for key, value in buffer.observations.items()}
+    actions = buffer.actions.swapaxes(0, 1).reshape(-1) if buffer.actions.shape[:2] == (
+        buffer.buffer_size, buffer.n_envs) else buffer.actions.reshape(-1)
+    last = np.array([segment[-1] for segment in segments])
+    ids = torch.as_tensor(observations["input_ids"][last], device=model.device)
+    mask = torch.as_tensor(observations["attention_mask"][last], device=model.device)
+    # Targets: the tokens each episode generated, right-aligned with the positions that predicted them.
+    keep = max(len(segment) for segment in segments)
+    targets = torch.full((len(segments), keep), -100, dtype=torch.long)
+    for row, segment in enumerate(segments):
+        targets[row, keep - len(segment):] = torch.as_tensor(actions[segment].astype(np.int64))
+    targets = targets.to(model.device)
+    lm = model.policy.lm
+    optimizer = torch.optim.Adam(lm.parameters(), lr=1e-7)
+    order = np.array_split(np.arange(len(segments)), minibatches)
+
+    def run() -> None:
+        for rows in order:
+            if not len(rows):
+                continue
+            m = mask[rows]
+            logits = lm(input_ids=ids[rows], attention_mask=m, position_ids=position_ids(m), logits_to_keep=keep).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[rows].flatten())
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return median_seconds(run, repeats)
+    return run
 
 
-def train_seconds(model, repeats: int) -> float:
-    model._setup_learn(total_timesteps=10**9)
-    model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
-    return median_seconds(model.train, repeats)
+def measure(path_name: str, shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+    model = build_ppo(path_name, shape, n_envs, prompt_tokens, new_tokens)
+    model.policy.set_training_mode(False)
+    collect_once(model)
+    tokens = model.n_steps * model.n_envs
+    minibatches = minibatch_count(model)
+    limit = limit_step(model, minibatches)
+    train_times, limit_times = [], []
+    limit()  # warm-up (train() warms up in its first repeat's shadow below)
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        train_times.append(median_seconds(model.train, 1, warmup=0))
+        limit_times.append(median_seconds(limit, 1, warmup=0))
+    return {"train": tokens / statistics.median(train_times), "limit": tokens / statistics.median(limit_times),
+            "minibatches": minibatches, "episodes": len(EpisodeBatches.episode_segments(model.rollout_buffer))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(parser)
-    parser.add_argument("--skip-stock", action="store_true", help="skip the (slow) stock per-token buffer")
+    parser.add_argument("--paths", default=",".join(PATHS), help="which paths to time (the plain one is slow on big LMs)")
     args = parser.parse_args()
-    path = model_path(args.shape)
-    tokens = 2 * args.new_tokens * args.n_envs  # one epoch over one rollout
-    shared = (path, args.n_envs, args.prompt_tokens, args.new_tokens)
-    results = {}
-    if not args.skip_stock:
-        stock = ppo_for(*shared, buffer_class=DictRolloutBuffer, group_episodes=False)
-        results["PPO.train, stock buffer (per token)"] = tokens / train_seconds(stock, args.repeats)
-    grouped = ppo_for(*shared)
-    results["PPO.train, EpisodeRolloutBuffer"] = tokens / train_seconds(grouped, args.repeats)
-    results["plain forward+backward+Adam"] = tokens / plain_step_seconds(grouped, args.repeats)
-    print(f"# update: {args.shape}, n_envs={args.n_envs}, {args.prompt_tokens}+{args.new_tokens} tokens, "
-          f"minibatch {grouped.batch_size} steps; {machine()}")
-    for name, rate in results.items():
-        print(f"{name:38s} {rate:10.0f} tokens/s")
-    if not args.skip_stock:
-        print(f"grouped / stock per-token update: "
-              f"{results['PPO.train, EpisodeRolloutBuffer'] / results['PPO.train, stock buffer (per token)']:.1f}x")
-    print(f"PPO.train / plain forward+backward: "
-          f"{results['PPO.train, EpisodeRolloutBuffer'] / results['plain forward+backward+Adam']:.2f}x (target >= 0.7x)")
+    print(f"# update: {args.shape}, {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, one epoch "
+          f"over one rollout of {2 * args.new_tokens} steps per env, minibatches of {4 * args.new_tokens} steps, "
+          f"{args.repeats} repeats; {machine()}")
+    summary = []
+    for n_envs in args.n_envs:
+        print(f"## {n_envs} envs")
+        for path_name in args.paths.split(","):
+            r = measure(path_name, args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats)
+            ratio = r["train"] / r["limit"]
+            print(f"{path_name:12s} PPO.train {r['train']:9.0f} tokens/s | limit {r['limit']:9.0f} tokens/s | "
+                  f"{ratio:.2f}x  ({r['minibatches']} minibatches, {r['episodes']} episodes; {PATHS[path_name]})")
+            summary.append(f"{n_envs} envs {path_name} {ratio:.2f}x")
+    print("PPO.train / forward+backward+Adam (target >= 0.7x on the recommended path): " + "; ".join(summary))
 
 
 if __name__ == "__main__":

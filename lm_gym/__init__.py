@@ -24,7 +24,7 @@ from lm_gym.rewards import (
     make_reward,
     register_reward,
 )
-from lm_gym.vector import BatchedRewardVecEnv, make_vec_env
+from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
 __version__ = "0.1.0"
 
@@ -32,8 +32,8 @@ if "TextGen-v0" not in registry:
     register(id="TextGen-v0", entry_point="lm_gym.env:TextGenEnv")
 
 __all__ = [
-    "BatchedRewardVecEnv", "make_vec_env", "DEFAULT_MODEL", "DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "REWARDS", "BleuReward", "ClassifierReward",
-    "FunctionReward", "KeywordReward", "LengthReward", "Prompt", "RegexReward", "Reward", "RougeReward",
-    "SentimentReward", "TargetWordReward", "TextGenEnv", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",
-    "make_reward", "register_reward", "split_prompts",
+    "DEFAULT_MODEL", "DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "REWARDS", "BatchedRewardVecEnv", "BleuReward",
+    "ClassifierReward", "FunctionReward", "KeywordReward", "LengthReward", "Prompt", "RegexReward", "Reward",
+    "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv", "TextGenVecEnv", "dataset_prompts",
+    "load_causal_lm", "load_prompts", "load_tokenizer", "make_reward", "make_vec_env", "register_reward", "split_prompts",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +73,12 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ``max_new_tokens`` tokens have been generated. Both are true terminal states (the observation shows
     how many tokens remain), so ``terminated=True`` and ``truncated=False``.
 
+    ## Info
+
+    ``reset`` returns ``{"prompt"}``; the step that ends the episode returns ``{"prompt", "completion",
+    "num_new_tokens"}`` (the completion decoded once, here); other steps return ``{}``, so a step costs no
+    decoding. ``env.completion`` decodes the tokens so far on demand.
+
     ## Arguments
 
     ```python
@@ -87,13 +95,17 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     * ``stop_tokens``: token strings that end the episode; ``None`` means EOS, ``[]`` never stops early.
     * ``tokenizer``: a ready tokenizer object, instead of loading one from ``model``.
     * ``allowed_tokens`` / ``banned_tokens``: token strings or ids for the static ``action_masks()``.
+    * ``render_mode``: ``"ansi"`` (prompt + completion as text), ``"human"`` (printed each step) or
+      ``"rgb_array"`` (the text drawn on a frame: SB3's ``make_vec_env`` asks for it, ``VecVideoRecorder``
+      records it).
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Since lm-gym 0.2, ``info`` carries the completion only on the last step (it was
+      decoded on every step before); observations, rewards and episode ends are unchanged.
     """
 
-    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -115,6 +127,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1.")
         if reward_mode not in ("sparse", "dense"):
             raise ValueError(f"reward_mode={reward_mode!r}: choose 'sparse' or 'dense'.")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: choose one of {self.metadata['render_modes']} or None.")
         if tokenizer is None:
             tokenizer = load_tokenizer(model)
         else:
@@ -155,8 +169,12 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
                 "attention_mask": spaces.Box(0, 1, shape=(self.window,), dtype=np.int64),
             }
         )
+        self.pad_token_id = self.tokenizer.pad_token_id
         self._prompt: Prompt | None = None
-        self._ids: list[int] = []  # prompt + generated token ids, unpadded
+        # The observation, updated in place by each step (a new pair per episode: shallow copies of this env,
+        # as make_vec_env and evaluation make them, must not share it).
+        self._input_ids = np.full(self.window, self.pad_token_id, dtype=np.int64)
+        self._attention_mask = np.zeros(self.window, dtype=np.int64)
         self._new_ids: list[int] = []
         self._last_score = 0.0
         self._done = False
@@ -221,89 +239,150 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
 
     @property
     def completion(self) -> str:
-        return self.tokenizer.decode(self._new_ids, skip_special_tokens=True)
+        """The generated text so far (decoded on each access)."""
+        return self.decode(self._new_ids)
+
+    def decode(self, new_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True)
+
+    def check_action(self, action: Any) -> int:
+        """``action`` as a token id, or a ValueError that names the vocabulary's range."""
+        try:
+            token = operator.index(action)  # ints and numpy integers; refuses floats and arrays
+        except TypeError:
+            token = -1
+        if not 0 <= token < self.action_space.n:
+            raise ValueError(
+                f"action={action!r} is not a token id of the vocabulary: expected an integer in "
+                f"[0, {self.action_space.n - 1}] (action_space={self.action_space})."
+            )
+        return token
+
+    def start_prompt(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> tuple[Prompt, list[int]]:
+        """The prompt of a new episode and its token ids: ``options["prompt"]`` if given, else one drawn with ``rng``."""
+        if not (options and "prompt" in options):
+            index = int(rng.integers(len(self.prompts)))
+            return self.prompts[index], self.prompt_ids[index]
+        prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
+        prompt_ids = self._encode(prompt.text)
+        if self.truncate_prompts:
+            prompt, prompt_ids = self._truncate(prompt, prompt_ids, self.max_prompt_tokens)
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise ValueError(
+                f"options['prompt'] has {len(prompt_ids)} tokens, more than max_prompt_tokens="
+                f"{self.max_prompt_tokens}; make the env with a larger max_prompt_tokens."
+            )
+        return prompt, prompt_ids
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> np.ndarray:
+        """The reward of each (prompt, completion), in one call of the reward: ``(len(prompts),)`` float64."""
+        return score(self.reward, [p.text for p in prompts], completions, [p.references for p in prompts])
 
     def _observation(self) -> Observation:
-        pad = self.window - len(self._ids)
-        input_ids = np.full(self.window, self.tokenizer.pad_token_id, dtype=np.int64)
-        input_ids[pad:] = self._ids
-        attention_mask = np.zeros(self.window, dtype=np.int64)
-        attention_mask[pad:] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-    def _info(self) -> dict[str, Any]:
-        return {"prompt": self._prompt.text, "completion": self.completion, "num_new_tokens": self.num_new_tokens}
-
-    def _score(self, completion: str) -> float:
-        return float(score(self.reward, [self._prompt.text], [completion], [self._prompt.references])[0])
+        return {"input_ids": self._input_ids.copy(), "attention_mask": self._attention_mask.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "prompt" in options:
-            self._prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
-            prompt_ids = self._encode(self._prompt.text)
-            if self.truncate_prompts:
-                self._prompt, prompt_ids = self._truncate(self._prompt, prompt_ids, self.max_prompt_tokens)
-            if len(prompt_ids) > self.max_prompt_tokens:
-                raise ValueError(
-                    f"options['prompt'] has {len(prompt_ids)} tokens, more than max_prompt_tokens="
-                    f"{self.max_prompt_tokens}; make the env with a larger max_prompt_tokens."
-                )
-        else:
-            index = int(self.np_random.integers(len(self.prompts)))
-            self._prompt, prompt_ids = self.prompts[index], self.prompt_ids[index]
-        self._ids = list(prompt_ids)
+        self._prompt, prompt_ids = self.start_prompt(self.np_random, options)
+        self._input_ids, self._attention_mask = np.empty((2, self.window), dtype=np.int64)
+        place_prompt(self._input_ids, self._attention_mask, prompt_ids, self.pad_token_id)
         self._new_ids = []
         self._done = False
-        self._last_score = self._score("") if self.reward_mode == "dense" else 0.0
+        self._last_score = self.score([self._prompt], [""])[0] if self.reward_mode == "dense" else 0.0
         if self.render_mode == "human":
             self.render()
-        return self._observation(), self._info()
+        return self._observation(), {"prompt": self._prompt.text}
 
     def step(self, action: int | np.integer):
         if self._prompt is None:
             raise RuntimeError("step() called before reset(); call env.reset() first.")
         if self._done:
             raise RuntimeError("step() called after the episode ended; call env.reset() to start a new one.")
-        if not self.action_space.contains(action):
-            raise ValueError(
-                f"action={action!r} is not a token id of the vocabulary: expected an integer in "
-                f"[0, {self.action_space.n - 1}] (action_space={self.action_space})."
-            )
-        token = int(action)
-        self._ids.append(token)
+        token = self.check_action(action)
+        append_token(self._input_ids, self._attention_mask, token)
         self._new_ids.append(token)
         terminated = token in self.stop_token_ids or len(self._new_ids) >= self.max_new_tokens
         self._done = terminated
-        if self.reward_mode == "dense":
-            new_score = self._score(self.completion)
+        reward, info = 0.0, {}
+        if terminated:
+            completion = self.completion
+            info = {"prompt": self._prompt.text, "completion": completion, "num_new_tokens": len(self._new_ids)}
+            if self.reward_mode == "dense":
+                new_score = self.score([self._prompt], [completion])[0]
+                reward, self._last_score = new_score - self._last_score, new_score
+            elif self.defer_reward:
+                info.update(pending_reward=True, references=self._prompt.references)
+            else:
+                reward = self.score([self._prompt], [completion])[0]
+        elif self.reward_mode == "dense":
+            new_score = self.score([self._prompt], [self.completion])[0]
             reward, self._last_score = new_score - self._last_score, new_score
-        else:
-            reward = self._score(self.completion) if terminated and not self.defer_reward else 0.0
-        info = self._info()
-        if terminated and self.defer_reward:
-            info.update(pending_reward=True, references=self._prompt.references)
         if self.render_mode == "human":
             self.render()
-        return self._observation(), reward, terminated, False, info
+        return self._observation(), float(reward), terminated, False, info
 
     def get_state(self) -> dict[str, Any]:
         """The in-progress episode and the RNG, for exact checkpoint/resume (see :meth:`set_state`)."""
-        return {"prompt": self._prompt, "ids": list(self._ids), "new_ids": list(self._new_ids), "done": self._done,
+        ids = self._input_ids[self._attention_mask.astype(bool)].tolist()
+        return {"prompt": self._prompt, "ids": ids, "new_ids": list(self._new_ids), "done": self._done,
                 "last_score": self._last_score, "rng": self.np_random.bit_generator.state}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._prompt, self._done, self._last_score = state["prompt"], state["done"], state["last_score"]
-        self._ids, self._new_ids = list(state["ids"]), list(state["new_ids"])
+        self._input_ids, self._attention_mask = np.empty((2, self.window), dtype=np.int64)
+        place_prompt(self._input_ids, self._attention_mask, state["ids"], self.pad_token_id)
+        self._new_ids = list(state["new_ids"])
         self.np_random.bit_generator.state = state["rng"]
 
-    def render(self) -> str | None:
-        # gym.make warns about modes outside metadata["render_modes"] (SB3's make_vec_env asks for
-        # "rgb_array"); a text env has no picture to give them.
-        if self.render_mode not in self.metadata["render_modes"] or self._prompt is None:
+    def render(self) -> str | np.ndarray | None:
+        if self._prompt is None:
             return None
-        text = f"{self._prompt.text}\x1b[1m{self.completion}\x1b[0m"
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self._prompt.text, self.completion, self.render_mode)
+
+
+def render_text(prompt: str, completion: str, mode: str | None) -> str | np.ndarray | None:
+    """``"ansi"``: prompt + completion (in bold) as a string; ``"human"``: print it; ``"rgb_array"``: the text
+    drawn on a white ``(FRAME_HEIGHT, FRAME_WIDTH, 3)`` uint8 frame (what SB3's ``make_vec_env`` asks for,
+    and ``VecVideoRecorder`` records), the completion in blue."""
+    if mode == "ansi":
+        return f"{prompt}\x1b[1m{completion}\x1b[0m"
+    if mode == "human":
+        print(f"{prompt}\x1b[1m{completion}\x1b[0m")
+    if mode != "rgb_array":
+        return None
+    from PIL import Image, ImageDraw  # Pillow comes with matplotlib
+
+    image = Image.new("RGB", (FRAME_WIDTH, FRAME_HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+    x, y, line_height = 8, 8, 14
+    for text, color in ((prompt, "black"), (completion, "royalblue")):
+        for word in re.split(r"(\s+)", text):
+            width = draw.textlength(word)
+            if x + width > FRAME_WIDTH - 8 and word.strip():
+                x, y = 8, y + line_height
+            draw.text((x, y), word, fill=color)
+            x += width
+    return np.asarray(image)
+
+
+FRAME_WIDTH, FRAME_HEIGHT = 512, 160
+
+
+def place_prompt(input_ids: np.ndarray, attention_mask: np.ndarray, token_ids: Sequence[int], pad_token_id: int) -> None:
+    """Write ``token_ids`` left-padded into one observation row (``(window,)`` arrays), in place."""
+    start = input_ids.shape[-1] - len(token_ids)
+    input_ids[:start] = pad_token_id
+    input_ids[start:] = token_ids
+    attention_mask[:start] = 0
+    attention_mask[start:] = 1
+
+
+def append_token(input_ids: np.ndarray, attention_mask: np.ndarray, tokens: int | np.ndarray) -> None:
+    """Shift observation rows (``(..., window)``) left by one column and write ``tokens`` into the last, in place.
+
+    The window holds ``max_prompt_tokens + max_new_tokens`` columns, so only padding ever falls off the left.
+    """
+    input_ids[..., :-1] = input_ids[..., 1:]
+    input_ids[..., -1] = tokens
+    attention_mask[..., :-1] = attention_mask[..., 1:]
+    attention_mask[..., -1] = 1

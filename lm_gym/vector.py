@@ -1,26 +1,219 @@
-"""Vectorized TextGen-v0: one batched reward call for all episodes that finish in the same step."""
+"""Vectorized TextGen-v0: :class:`TextGenVecEnv` steps all envs with array operations; ``make_vec_env`` builds it.
+
+:class:`BatchedRewardVecEnv` keeps one batched reward call per step for VecEnvs of single ``TextGenEnv``s
+(``SubprocVecEnv``, ``DummyVecEnv``).
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.utils import seeding
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor
-from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from lm_gym.env import TextGenEnv
+from lm_gym.env import Observation, TextGenEnv, append_token, place_prompt, render_text
+from lm_gym.prompts import Prompt
 from lm_gym.rewards import Reward, score
+
+
+class TextGenVecEnv(VecEnv):
+    """``num_envs`` TextGen-v0 episodes in one SB3 ``VecEnv``, stepped with array operations.
+
+    Every env's ``input_ids`` and ``attention_mask`` live in one ``(num_envs, window)`` array; a step shifts
+    them all by one column and writes the new tokens. Completions are decoded only when an episode ends (or
+    when ``render`` asks), and every episode that ends in a step is scored in one call of the reward.
+    Observations, rewards and episode boundaries are the same as those of ``num_envs`` :class:`TextGenEnv`
+    in a ``DummyVecEnv`` seeded alike (``seed(s)`` seeds env ``i`` with ``s + i``); ``info`` is ``{}`` while
+    an episode runs and ``{"prompt", "completion", "num_new_tokens", "terminal_observation"}`` on its last
+    step. Finished envs restart at once, as in every SB3 VecEnv.
+
+    ``env_method`` serves the per-env methods of ``TextGenEnv`` that SB3, sb3-contrib and lm-gym call:
+    ``action_masks`` (MaskablePPO), ``get_state`` / ``set_state`` (checkpoints) and ``render``; ``get_attr``
+    returns the shared template's attributes (``tokenizer``, ``reward``, ``window``, ...).
+
+    Args:
+        num_envs: number of parallel episodes.
+        env: a ready :class:`TextGenEnv` to take the tokenizer, prompts, reward and spaces from; else one
+            is built from ``env_kwargs`` (the same arguments as ``gym.make("TextGen-v0", ...)``).
+    """
+
+    PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
+
+    def __init__(self, num_envs: int, env: TextGenEnv | None = None, **env_kwargs: Any):
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be at least 1.")
+        if env is not None and env_kwargs:
+            raise ValueError("pass either env=TextGenEnv(...) or the TextGenEnv arguments, not both.")
+        self.env = env.unwrapped if env is not None else TextGenEnv(**env_kwargs)
+        super().__init__(num_envs, self.env.observation_space, self.env.action_space)
+        n, template = num_envs, self.env
+        self.input_ids = np.full((n, template.window), template.pad_token_id, dtype=np.int64)
+        self.attention_mask = np.zeros((n, template.window), dtype=np.int64)
+        self.new_ids = np.zeros((n, template.max_new_tokens), dtype=np.int64)  # generated tokens, left-aligned
+        self.num_new_tokens = np.zeros(n, dtype=np.int64)
+        self.last_score = np.zeros(n, dtype=np.float64)  # dense rewards pay score changes
+        self.prompts: list[Prompt | None] = [None] * n
+        self.rngs: list[np.random.Generator] = [seeding.np_random()[0] for _ in range(n)]
+        self.stop_ids = np.array(sorted(template.stop_token_ids), dtype=np.int64)
+        self.started = False
+        self.actions: np.ndarray | None = None
+
+    # ----- the VecEnv API -----
+
+    def reset(self) -> VecEnvObs:
+        for i in range(self.num_envs):
+            if self._seeds[i] is not None:
+                self.rngs[i] = seeding.np_random(self._seeds[i])[0]
+            self.reset_infos[i] = self._start_episode(i, self._options[i] or None)
+        self._reset_seeds()
+        self._reset_options()
+        self.started = True
+        return self._observations()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self.started:
+            raise RuntimeError("step() called before reset(); call reset() first.")
+        tokens = self._check_actions(self.actions)
+        template, rows = self.env, np.arange(self.num_envs)
+        append_token(self.input_ids, self.attention_mask, tokens)
+        self.new_ids[rows, self.num_new_tokens] = tokens
+        self.num_new_tokens += 1
+        dones = np.isin(tokens, self.stop_ids) | (self.num_new_tokens >= template.max_new_tokens)
+        rewards = np.zeros(self.num_envs, dtype=np.float32)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if template.reward_mode == "dense":  # the score of every running completion, every step
+            scores = template.score(self.prompts, self._completions(rows))
+            rewards[:] = scores - self.last_score
+            self.last_score[:] = scores
+        finished = np.flatnonzero(dones)
+        if len(finished):
+            completions = self._completions(finished)
+            if template.reward_mode == "sparse":
+                rewards[finished] = template.score([self.prompts[i] for i in finished], completions)
+            for i, completion in zip(finished, completions):
+                infos[i] = {"prompt": self.prompts[i].text, "completion": completion,
+                            "num_new_tokens": int(self.num_new_tokens[i]), "TimeLimit.truncated": False,
+                            "terminal_observation": self._observation(i)}
+                self.reset_infos[i] = self._start_episode(i)
+        return self._observations(), rewards, dones, infos
+
+    def close(self) -> None:
+        self.env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The template env's attribute, once per index: configuration is shared by all envs."""
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
+            raise ValueError(f"set_attr({attr_name!r}) on some envs only: the envs of a TextGenVecEnv share one "
+                             "configuration; set it on all of them (indices=None).")
+        setattr(self.env, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        if method_name not in self.PER_ENV_METHODS:
+            raise AttributeError(f"TextGenVecEnv.env_method({method_name!r}): the per-env methods are "
+                                 f"{list(self.PER_ENV_METHODS)}; call shared methods on the template env, "
+                                 "venv.unwrapped.env.")
+        method = getattr(self, f"_env_{method_name}")
+        return [method(i, *method_args, **method_kwargs) for i in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]  # no per-env wrappers: monitor with VecMonitor
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Each env's text as an RGB frame (``render_mode="rgb_array"``; SB3's ``render()`` tiles them)."""
+        return [self._render(i, "rgb_array") if self.render_mode == "rgb_array" else None for i in range(self.num_envs)]
+
+    def render(self, mode: str | None = None) -> str | np.ndarray | None:
+        """``"ansi"``: every env's prompt + completion so far, one line each; other modes as SB3 renders them."""
+        if (mode or self.render_mode) == "ansi":
+            return "\n".join(self._render(i, "ansi") for i in range(self.num_envs))
+        return super().render(mode)
+
+    # ----- the per-env methods behind env_method -----
+
+    def _env_action_masks(self, i: int) -> np.ndarray:
+        return self.env.action_masks()  # static: the same for every env
+
+    def _env_get_state(self, i: int) -> dict[str, Any]:
+        """Env ``i``'s episode and RNG, in :meth:`TextGenEnv.get_state`'s format (checkpoints mix freely)."""
+        k = int(self.num_new_tokens[i])
+        return {"prompt": self.prompts[i], "ids": self.input_ids[i][self.attention_mask[i] == 1].tolist(),
+                "new_ids": self.new_ids[i, :k].tolist(), "done": False, "last_score": float(self.last_score[i]),
+                "rng": self.rngs[i].bit_generator.state}
+
+    def _env_set_state(self, i: int, state: dict[str, Any]) -> None:
+        if state["done"]:
+            raise ValueError("TextGenVecEnv.set_state: the state is of a finished episode; VecEnvs restart "
+                             "finished episodes at once, so they never hold one.")
+        self.prompts[i], self.last_score[i] = state["prompt"], state["last_score"]
+        place_prompt(self.input_ids[i], self.attention_mask[i], state["ids"], self.env.pad_token_id)
+        self.num_new_tokens[i] = len(state["new_ids"])
+        self.new_ids[i, : len(state["new_ids"])] = state["new_ids"]
+        self.rngs[i].bit_generator.state = state["rng"]
+        self.started = True
+
+    def _env_render(self, i: int) -> str | np.ndarray | None:
+        return self._render(i, self.render_mode)
+
+    # ----- internals -----
+
+    def _start_episode(self, i: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        template = self.env
+        self.prompts[i], prompt_ids = template.start_prompt(self.rngs[i], options)
+        place_prompt(self.input_ids[i], self.attention_mask[i], prompt_ids, template.pad_token_id)
+        self.num_new_tokens[i] = 0
+        if template.reward_mode == "dense":
+            self.last_score[i] = template.score([self.prompts[i]], [""])[0]
+        return {"prompt": self.prompts[i].text}
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        tokens = np.asarray(actions)
+        if tokens.shape not in ((self.num_envs,), (self.num_envs, 1)) or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"actions: expected {self.num_envs} integer token ids (shape ({self.num_envs},)), got "
+                             f"shape {tokens.shape} and dtype {tokens.dtype}.")
+        tokens = tokens.reshape(self.num_envs).astype(np.int64, copy=False)
+        bad = (tokens < 0) | (tokens >= self.action_space.n)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self.env.check_action(int(tokens[i]))  # raises the single env's error for that action
+        return tokens
+
+    def _completions(self, rows: np.ndarray) -> list[str]:
+        """Decoded completions of ``rows``, in one batched call of the tokenizer."""
+        return self.env.tokenizer.batch_decode([self.new_ids[i, : self.num_new_tokens[i]] for i in rows],
+                                               skip_special_tokens=True)
+
+    def _observation(self, i: int) -> Observation:
+        return {"input_ids": self.input_ids[i].copy(), "attention_mask": self.attention_mask[i].copy()}
+
+    def _observations(self) -> VecEnvObs:
+        return {"input_ids": self.input_ids.copy(), "attention_mask": self.attention_mask.copy()}
+
+    def _render(self, i: int, mode: str | None) -> str | np.ndarray | None:
+        if self.prompts[i] is None:
+            return None
+        return render_text(self.prompts[i].text, self.env.decode(self.new_ids[i, : self.num_new_tokens[i]]), mode)
 
 
 class BatchedRewardVecEnv(VecEnvWrapper):
     """Scores every completion that ends in a step with a single call of the reward.
 
-    The wrapped ``TextGenEnv``s defer their final score (``defer_reward=True``); ``step_wait`` sees all envs'
-    results at once and fills in the rewards of the finished ones. A neural reward (``classifier``) then
-    runs one batch per step instead of one forward per episode. Monitoring must sit outside this wrapper
-    (``VecMonitor``): a ``Monitor`` inside would record the deferred zeros.
+    For VecEnvs of single ``TextGenEnv``s (``SubprocVecEnv``, ``DummyVecEnv``); :class:`TextGenVecEnv` does
+    this by itself. The wrapped envs defer their final score (``defer_reward=True``); ``step_wait`` sees all
+    envs' results at once and fills in the rewards of the finished ones. Monitoring must sit outside this
+    wrapper (``VecMonitor``): a ``Monitor`` inside would record the deferred zeros.
 
     Args:
         venv: a VecEnv of sparse-reward ``TextGenEnv``s.
@@ -45,28 +238,32 @@ class BatchedRewardVecEnv(VecEnvWrapper):
         pending = [i for i, info in enumerate(infos) if info.pop("pending_reward", False)]
         if pending:
             scores = score(self.reward, [infos[i]["prompt"] for i in pending],
-                           [infos[i]["completion"] for i in pending], [infos[i]["references"] for i in pending])
+                           [infos[i]["completion"] for i in pending], [infos[i].pop("references") for i in pending])
             rewards = rewards.astype(np.float32, copy=True)
             rewards[pending] += scores
         return obs, rewards, dones, infos
 
 
-def make_vec_env(n_envs: int = 8, seed: int | None = None, vec_env_cls: type[VecEnv] = DummyVecEnv,
+def make_vec_env(n_envs: int = 8, seed: int | None = None, vec_env_cls: type[VecEnv] | None = None,
                  **env_kwargs: Any) -> VecEnv:
-    """``n_envs`` TextGen-v0 envs with batched sparse rewards and a ``VecMonitor`` (episode stats).
+    """``n_envs`` TextGen-v0 envs in a ``VecMonitor`` (episode stats), ready for any SB3 algorithm.
 
-    Env ``i`` is seeded with ``seed + i`` at the first reset. Dense rewards skip the batching wrapper. In one
-    process the envs are shallow copies of one ``TextGenEnv``: the prompts are tokenized and the reward (a
-    classifier, say) is loaded once, not ``n_envs`` times, and ``reset()`` gives each copy its own episode
-    state and RNG. Subprocess envs build their own.
+    By default one :class:`TextGenVecEnv` (all envs stepped together, batched rewards). With ``vec_env_cls``
+    (``SubprocVecEnv``, ``DummyVecEnv``) the envs are single ``TextGenEnv``s in that VecEnv, with sparse
+    rewards batched by :class:`BatchedRewardVecEnv`; in one process (``DummyVecEnv``) they are shallow
+    copies of one env, so prompts are tokenized and the reward loaded once. Env ``i`` is seeded with
+    ``seed + i`` at the first reset in every case.
     """
-    if vec_env_cls is DummyVecEnv:
-        template = TextGenEnv(**env_kwargs)
-        venv = vec_env_cls([lambda: copy.copy(template) for _ in range(n_envs)])
+    if vec_env_cls is None:
+        venv = TextGenVecEnv(n_envs, **env_kwargs)
     else:
-        venv = vec_env_cls([lambda: TextGenEnv(**env_kwargs) for _ in range(n_envs)])
-    if env_kwargs.get("reward_mode", "sparse") == "sparse":
-        venv = BatchedRewardVecEnv(venv)
+        if vec_env_cls is DummyVecEnv:
+            template = TextGenEnv(**env_kwargs)
+            venv = vec_env_cls([lambda: copy.copy(template) for _ in range(n_envs)])
+        else:
+            venv = vec_env_cls([lambda: TextGenEnv(**env_kwargs) for _ in range(n_envs)])
+        if env_kwargs.get("reward_mode", "sparse") == "sparse":
+            venv = BatchedRewardVecEnv(venv)
     if seed is not None:
         venv.seed(seed)
     return VecMonitor(venv)

@@ -13,6 +13,7 @@ The script needs torch, transformers and tokenizers (all runtime dependencies of
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
                                    pad_token=PAD, model_max_length=64)
 
 
+def save_portable_tokenizer(tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    """Save the tokenizer so that every supported transformers loads it: transformers 5 records its class as
+    ``TokenizersBackend``, which 4.x does not know; ``PreTrainedTokenizerFast`` names the same tokenizer in both."""
+    tokenizer.save_pretrained(out)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ASSETS)
@@ -124,7 +135,7 @@ def main() -> None:
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_portable_tokenizer(tokenizer, out)
     (args.out / "prompts_train.txt").write_text("\n".join(TRAIN_PROMPTS) + "\n")
     (args.out / "prompts_eval.txt").write_text("\n".join(EVAL_PROMPTS) + "\n")
     print(f"saved {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tokenizer)} to {out}")

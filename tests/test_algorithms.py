@@ -38,9 +38,13 @@ def test_trains_through_its_stock_class_and_round_trips_save_load(algo, tmp_path
 
 
 @pytest.mark.parametrize("algo, steps, learning_rate", [("a2c", 4096, 3e-4), ("maskable_ppo", 4096, 3e-4),
-                                                         ("trpo", 1024, None)])
+                                                         ("trpo", 2048, None)])
 def test_reward_of_the_known_optimum_task_moves(algo, steps, learning_rate):
-    """PPO has its own learning test; DQN and QR-DQN do not move this sparse task within a CPU budget."""
+    """PPO has its own learning test; DQN and QR-DQN do not move this sparse task within a CPU budget.
+
+    Margins measured over seeds 0-9 at one thread: gains of at least +0.13 (a2c), +0.33 (maskable_ppo) and
+    +0.23 (trpo) against the +0.08 asserted.
+    """
     kwargs = dict(reward="target_word", max_new_tokens=4)
     model = make_algorithm(algo, lm_gym.make_vec_env(4, seed=0, **kwargs), seed=0, device="cpu",
                            learning_rate=learning_rate)
@@ -87,7 +91,7 @@ def test_nlpo_rollouts_only_sample_the_nucleus_and_updates_see_the_same_masks():
     obs = {k: torch.as_tensor(v) for k, v in buffer.observations.items()}  # flattened by the update
     actions = torch.as_tensor(buffer.actions).long().flatten()
     # The env's stored masks exclude "Ġbad"; the nucleus excludes most of the vocabulary.
-    bad = model.env.envs[0].unwrapped.tokenizer.convert_tokens_to_ids("Ġbad")
+    bad = model.env.get_attr("tokenizer")[0].convert_tokens_to_ids("Ġbad")
     assert not buffer.action_masks[:, bad].any()
     with torch.no_grad():
         nucleus = model.policy.nlpo(obs, model.action_space.n, cached=False)

@@ -1,22 +1,25 @@
 """The fast paths (KV-cached rollouts, one forward per episode, batched rewards) give the same numbers."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer
 
 import lm_gym
 from agents import EpisodeRolloutBuffer, LMActorCriticPolicy, RolloutKVCache
-from agents.lm_forward import continues, next_token_logits
+from agents import kv_cache
+from agents.lm_forward import continues, forward_plan, next_token_logits
 
 ENV_KWARGS = dict(prompts=["the movie was", "i thought the acting", "honestly , the plot"], max_new_tokens=6)
 
 
 def make_ppo(policy_kwargs=None, n_envs=4, **kwargs):
     env = lm_gym.make_vec_env(n_envs=n_envs, seed=0, **ENV_KWARGS)
-    kwargs.setdefault("rollout_buffer_class", EpisodeRolloutBuffer)
-    return PPO(LMActorCriticPolicy, env, n_steps=24, batch_size=32, n_epochs=1, seed=0, device="cpu",
-               policy_kwargs=policy_kwargs or {}, **kwargs)
+    kwargs = {"rollout_buffer_class": EpisodeRolloutBuffer, "n_steps": 24, "batch_size": 32, "n_epochs": 1, **kwargs}
+    return PPO(LMActorCriticPolicy, env, seed=0, device="cpu", policy_kwargs=policy_kwargs or {}, **kwargs)
 
 
 def collect(model):
@@ -45,31 +48,66 @@ def test_kv_cached_rollout_equals_the_uncached_rollout():
     assert a.episode_starts[1:].sum() >= 4  # episodes ended and restarted inside the rollout
 
 
-def test_kv_cache_reuses_rows_that_grew_and_recomputes_the_rest():
+def stack(rows):
+    return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def uncached(lm, obs, n):
+    return next_token_logits(lm, obs, n, forward_plan(obs["input_ids"], obs["attention_mask"], share=False))
+
+
+def test_kv_cache_runs_one_call_per_step_for_rows_that_grew_and_rows_that_restarted():
     lm = lm_gym.load_causal_lm().eval()
-    env = lm_gym.TextGenEnv(**ENV_KWARGS)
-    rows = [env.reset(options={"prompt": p})[0] for p in ENV_KWARGS["prompts"]]
-    stack = lambda rows: {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
-    cache, n = RolloutKVCache(), env.action_space.n
-    cache(lm, stack(rows), n, weights_version=0)
-    envs = [lm_gym.TextGenEnv(**ENV_KWARGS) for _ in rows]
-    for e, p in zip(envs, ENV_KWARGS["prompts"]):
-        e.reset(options={"prompt": p})
-    stepped = [envs[0].step(7)[0], envs[1].reset(options={"prompt": "the ending"})[0], envs[2].step(9)[0]]
+    envs = [lm_gym.TextGenEnv(**ENV_KWARGS) for _ in ENV_KWARGS["prompts"]]
+    cache, n = RolloutKVCache(), envs[0].action_space.n
+    cache(lm, stack([e.reset(options={"prompt": p})[0] for e, p in zip(envs, ENV_KWARGS["prompts"])]), n,
+          weights_version=0)
     calls = []
-    hook = lm.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
-    logits, hidden = cache(lm, stack(stepped), n, weights_version=0)
-    hook.remove()
-    assert sorted(calls) == sorted([(2, 1), (1, env.window)])  # two rows by one token, one row in full
-    expected_logits, expected_hidden = next_token_logits(lm, stack(stepped), n, group=False)
+    hook = lm.register_forward_hook(lambda m, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
+                                    with_kwargs=True)
+    stepped = stack([envs[0].step(7)[0], envs[1].reset(options={"prompt": "the ending"})[0], envs[2].step(9)[0]])
+    logits, hidden = cache(lm, stepped, n, weights_version=0)
+    restarted = int(stepped["attention_mask"][1].sum())  # the new episode runs its real tokens, not the padding
+    assert calls == [(3, restarted)]  # one call: two rows add one token each, one row runs in full
+    expected_logits, expected_hidden = uncached(lm, stepped, n)
     torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(hidden, expected_hidden, atol=1e-4, rtol=1e-4)
-    # Changed weights (a new version) drop the cache: everything is recomputed.
     calls.clear()
-    hook = lm.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
-    cache(lm, stack([envs[0].step(3)[0], envs[1].step(3)[0], envs[2].step(3)[0]]), n, weights_version=1)
+    stepped = stack([e.step(3)[0] for e in envs])
+    logits, _ = cache(lm, stepped, n, weights_version=0)
+    assert calls == [(3, 1)]  # all rows continue on their cached keys
+    torch.testing.assert_close(logits, uncached(lm, stepped, n)[0], atol=1e-4, rtol=1e-4)
+    # Changed weights (a new version) drop the cache: every row runs in full.
+    calls.clear()
+    stepped = stack([e.step(4)[0] for e in envs])
+    logits, _ = cache(lm, stepped, n, weights_version=1)
     hook.remove()
-    assert calls == [(3, env.window)]
+    assert calls == [(3, int(stepped["attention_mask"].sum(-1).max()))]
+    torch.testing.assert_close(logits, uncached(lm, stepped, n)[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("merge_padding", [256, 0])  # steps with restarts as one call / as two calls
+def test_kv_cache_stays_exact_across_compactions(merge_padding, monkeypatch):
+    """Many restarts grow the cache past two windows again and again; every step still equals no cache."""
+    monkeypatch.setattr(kv_cache, "MERGE_PADDING_CPU", merge_padding)
+    lm = lm_gym.load_causal_lm().eval()
+    kwargs = dict(ENV_KWARGS, max_new_tokens=12)
+    envs = [lm_gym.TextGenEnv(**kwargs) for _ in range(4)]
+    for i, e in enumerate(envs):
+        e.reset(seed=i)
+    rng, cache, n = np.random.default_rng(0), RolloutKVCache(), envs[0].action_space.n
+    obs, widths = [e.reset()[0] for e in envs], []
+    for step in range(100):
+        batch = stack(obs)
+        torch.testing.assert_close(cache(lm, batch, n, weights_version=0)[0], uncached(lm, batch, n)[0],
+                                   atol=1e-4, rtol=1e-4, msg=f"step {step}")
+        widths.append(cache.key_mask.shape[1])
+        obs = []
+        for e in envs:
+            o, _, terminated, _, _ = e.step(int(rng.integers(1, n)) if rng.random() > 0.15 else 0)
+            obs.append(e.reset()[0] if terminated else o)
+    compactions = sum(1 for before, after in zip(widths, widths[1:]) if after < before)
+    assert compactions >= 3 and max(widths) <= 3 * envs[0].window  # dead columns are dropped again and again
 
 
 def test_policy_drops_its_cache_when_the_weights_change():
@@ -103,8 +141,21 @@ def test_episode_buffer_yields_whole_episodes_in_order():
     assert all(len(b.actions) >= 32 for b in batches[:-1])
 
 
-def test_grouped_update_equals_the_per_token_update():
-    model = make_ppo()
+def token_sequences(obs):
+    return [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(obs["input_ids"], obs["attention_mask"])]
+
+
+def distinct_longest_sequences(obs):
+    """How many forwards prefix sharing needs, by definition: the distinct sequences that are no other's prefix."""
+    sequences = set(token_sequences(obs))
+    return sum(1 for s in sequences if not any(len(t) > len(s) and t[: len(s)] == s for t in sequences))
+
+
+@pytest.mark.parametrize("buffer_class, max_forwards", [(EpisodeRolloutBuffer, 1 / 3), (DictRolloutBuffer, 2 / 3)])
+def test_shared_forward_update_equals_the_per_token_update(buffer_class, max_forwards):
+    """Episode-ordered minibatches share forwards within each episode; SB3's shuffled single steps share them
+    wherever a minibatch holds several steps of one episode (or identical prompts)."""
+    model = make_ppo(rollout_buffer_class=buffer_class)
     buffer = collect(model)
     batch = next(buffer.get(batch_size=48))
     obs, actions = batch.observations, batch.actions.long().flatten()
@@ -122,15 +173,25 @@ def test_grouped_update_equals_the_per_token_update():
         grads = torch.autograd.grad(loss, list(model.policy.parameters()))
         results[group] = (values, log_prob, entropy, loss, grads)
     hook.remove()
-    episodes = sum(1 for i in range(len(actions)) if i == len(actions) - 1 or not continues(
-        obs["input_ids"][i : i + 1], obs["attention_mask"][i : i + 1], obs["input_ids"][i + 1 : i + 2],
-        obs["attention_mask"][i + 1 : i + 2]).item())
-    assert rows_seen == [episodes, len(actions)] and episodes < len(actions) / 3
+    assert rows_seen[1] == len(actions) and rows_seen[0] == distinct_longest_sequences(obs)
+    assert rows_seen[0] < len(actions) * max_forwards
     for grouped, per_token in zip(results[True][:4], results[False][:4]):
         torch.testing.assert_close(grouped, per_token, atol=1e-5, rtol=1e-4)
     for g, p in zip(results[True][4], results[False][4]):
         torch.testing.assert_close(g, p, atol=1e-5, rtol=1e-3)
     torch.testing.assert_close(results[True][1], batch.old_log_prob, atol=1e-4, rtol=1e-4)  # = the rollout's
+
+
+def test_update_warns_once_when_minibatches_are_single_steps_and_names_the_fix():
+    for buffer_class, expected in ((DictRolloutBuffer, 1), (EpisodeRolloutBuffer, 0)):
+        model = make_ppo(rollout_buffer_class=buffer_class, n_envs=8, n_epochs=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.learn(3 * 24 * 8)
+        messages = [str(w.message) for w in caught if "EpisodeRolloutBuffer" in str(w.message)]
+        assert len(messages) == expected, (buffer_class, messages)
+        if expected:
+            assert "rollout_buffer_class=EpisodeRolloutBuffer" in messages[0]
 
 
 def test_batched_rewards_score_all_finished_episodes_in_one_call():
@@ -158,8 +219,10 @@ def test_batched_rewards_score_all_finished_episodes_in_one_call():
         lm_gym.BatchedRewardVecEnv(make_vec_env(lambda: lm_gym.TextGenEnv(prompts=["a"]), n_envs=2))
 
 
-def test_vec_envs_share_prompts_and_reward_but_not_episodes():
-    venv = lm_gym.make_vec_env(n_envs=3, seed=0, max_new_tokens=3)
+def test_dummy_vec_env_copies_share_prompts_and_reward_but_not_episodes():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = lm_gym.make_vec_env(n_envs=3, seed=0, max_new_tokens=3, vec_env_cls=DummyVecEnv)
     envs = venv.venv.venv.envs  # VecMonitor > BatchedRewardVecEnv > DummyVecEnv
     assert len({id(e) for e in envs}) == 3
     assert all(e.prompt_ids is envs[0].prompt_ids and e.reward is envs[0].reward for e in envs)

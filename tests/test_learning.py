@@ -16,16 +16,29 @@ def held_out_reward(model, env):
 
 
 def test_ppo_learns_the_target_word_task_toward_its_optimum():
+    """The plain stock path (SB3's make_vec_env and default buffer) raises the held-out reward from ~0.02 to
+    the optimum, 1.0, on prompts never trained on.
+
+    PPO on this task settles in a partial optimum ("was great ." scores 0.5) on about one seed in ten
+    whatever the recipe (measured over 32 seeds each for eight recipes: batch size, learning rate, epochs,
+    an entropy bonus, a KL penalty, clipping, dense rewards, an unshared critic; 1 or 2 threads). So the test
+    trains three seeds: every seed must learn (>= 0.3, 15x its start; stuck seeds end at 0.54-0.67) and the
+    best must reach the optimum (>= 0.95; all three stuck has a chance of about 1 in 1000).
+    """
     kwargs = dict(reward="target_word", reward_kwargs={"target": "great"}, max_new_tokens=4, render_mode=None)
-    env = make_vec_env("TextGen-v0", n_envs=4, seed=0, env_kwargs=kwargs)
-    model = PPO(LMActorCriticPolicy, env, n_steps=32, batch_size=64, n_epochs=4, learning_rate=3e-4, gamma=1.0,
-                seed=0, device="cpu")
     eval_env = lm_gym.TextGenEnv(**kwargs)
-    before = held_out_reward(model, eval_env)
-    model.learn(4096)
-    after = held_out_reward(model, eval_env)
-    assert before < 0.1  # the bundled LM rarely writes only "great"
-    assert after > 0.8, (before, after)  # optimum is 1.0, on prompts never trained on
+    results = []
+    for seed in range(3):
+        env = make_vec_env("TextGen-v0", n_envs=8, seed=seed, env_kwargs=kwargs)
+        # One full-batch minibatch per epoch (8 x 32 steps): the steadiest of the recipes measured.
+        model = PPO(LMActorCriticPolicy, env, n_steps=32, batch_size=256, n_epochs=4, learning_rate=1e-3, gamma=1.0,
+                    seed=seed, device="cpu")
+        before = held_out_reward(model, eval_env)
+        model.learn(8192)
+        results.append((before, held_out_reward(model, eval_env)))
+    assert all(before < 0.1 for before, _ in results), results  # the bundled LM rarely writes only "great"
+    assert all(after >= 0.3 for _, after in results), results
+    assert max(after for _, after in results) >= 0.95, results
 
 
 def test_kl_penalty_keeps_the_policy_closer_to_the_initial_lm():

@@ -65,6 +65,30 @@ def test_shapes_values_and_distribution():
         torch.testing.assert_close(greedy, logits.argmax(-1))
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_rollout_sampling_draws_the_same_tokens_as_sb3_contribs_distribution(masked):
+    """forward() samples without distribution objects; the same seed must give the same tokens and log-probs."""
+    from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
+
+    from agents.policy import sample_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(64, 512, generator=generator)
+    masks = torch.rand(64, 512, generator=generator) > 0.5 if masked else None
+    for deterministic in (False, True):
+        distribution = MaskableCategoricalDistribution(512).proba_distribution(action_logits=logits)
+        if masked:
+            distribution.apply_masking(masks)
+        torch.manual_seed(1)
+        expected = distribution.get_actions(deterministic=deterministic)
+        torch.manual_seed(1)
+        actions, log_probs = sample_tokens(logits, masks, deterministic)
+        assert torch.equal(actions, expected)
+        torch.testing.assert_close(log_probs, distribution.log_prob(expected))
+        if masked:
+            assert masks[torch.arange(64), actions].all()
+
+
 def test_pretrained_weights_survive_construction_and_dropout_is_off():
     model = make_ppo()
     reference = AutoModelForCausalLM.from_pretrained(lm_gym.DEFAULT_MODEL)
