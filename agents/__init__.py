@@ -1,25 +1,41 @@
-"""Stable-Baselines3 integration: LM policies for every algorithm, KL shaping, fast paths, training, comparison."""
+"""lm-gym's training side, by layer (dependencies point one way: runs -> sb3 | rllib -> lm -> lm_gym):
 
-from agents.algorithms import ALGORITHMS, make_algorithm
-from agents.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
-from agents.checkpoints import CheckpointCallback, CheckpointError, load_checkpoint, save_checkpoint
-from agents.compare import LearningCurveCallback, compare
-from agents.evaluate import evaluate_run
-from agents.evaluation import Episode, distinct_n, sample_episodes, summarize
-from agents.kl import AdaptiveKLController, KLPenaltyCallback
-from agents.kv_cache import RolloutKVCache
-from agents.lora import AdaptersDisabled, add_lora, merged_copy
-from agents.lm_forward import next_token_logits
-from agents.nlpo import TopPMask
-from agents.policy import LMActorCriticPolicy
-from agents.q_policy import LMDQNPolicy, LMQNetwork, LMQRDQNPolicy
-from agents.sample_logging import SampleLogCallback
-from agents.train import TrainConfig, train
+- ``agents.lm``: backend-agnostic LM plumbing (forwards, KV cache, actor-critic core, KL, LoRA);
+- ``agents.sb3``: the Stable-Baselines3 backend (policies, buffers, KL callback, NLPO, registry);
+- ``agents.rllib``: the Ray RLlib backend (RLModule, KL connector, algorithm configs; ``lm-gym[rllib]``);
+- ``agents.runs``: ``lm-gym train``/``evaluate``/``compare``, run directories and checkpoints.
+"""
+
+import sys
+
+from agents.lm.actor_critic import LMActorCritic, sample_tokens
+from agents.lm.forward import next_token_logits
+from agents.lm.kl import AdaptiveKLController
+from agents.lm.kv_cache import RolloutKVCache
+from agents.lm.lora import AdaptersDisabled, add_lora, merged_copy
+from agents.runs.checkpoints import CheckpointCallback, CheckpointError, load_checkpoint, save_checkpoint
+from agents.runs.compare import LearningCurveCallback, compare
+from agents.runs.evaluate import evaluate_run
+from agents.runs.samples import Episode, distinct_n, sample_episodes, summarize
+from agents.runs.train import TrainConfig, train
+from agents.sb3 import buffers, policy, q_policy
+from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
+from agents.sb3.kl import KLPenaltyCallback
+from agents.sb3.nlpo import TopPMask
+from agents.sb3.policy import LMActorCriticPolicy
+from agents.sb3.q_policy import LMDQNPolicy, LMQNetwork, LMQRDQNPolicy
+from agents.sb3.sample_logging import SampleLogCallback
+
+# SB3's model.zip names the policy and buffer classes by module path; zips saved by lm-gym 0.1 (flat agents/)
+# say agents.policy, agents.q_policy, agents.buffers. These aliases keep them loading.
+sys.modules.update({"agents.policy": policy, "agents.q_policy": q_policy, "agents.buffers": buffers})
 
 __all__ = [
     "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointCallback", "CheckpointError", "Episode",
-    "EpisodeRolloutBuffer", "KLPenaltyCallback", "LMActorCriticPolicy", "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy",
-    "LearningCurveCallback", "MaskableEpisodeRolloutBuffer", "RolloutKVCache", "SampleLogCallback", "TopPMask",
-    "TrainConfig", "add_lora", "compare", "distinct_n", "evaluate_run", "load_checkpoint", "make_algorithm",
-    "merged_copy", "next_token_logits", "sample_episodes", "save_checkpoint", "summarize", "train",
+    "EpisodeRolloutBuffer", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy", "LMDQNPolicy", "LMQNetwork",
+    "LMQRDQNPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer", "RolloutKVCache", "SampleLogCallback",
+    "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n", "evaluate_run", "load_checkpoint",
+    "make_algorithm", "merged_copy", "next_token_logits", "sample_episodes", "sample_tokens", "save_checkpoint",
+    "summarize", "train",
 ]

@@ -20,8 +20,8 @@ import statistics
 import numpy as np
 import torch
 
-from agents.buffers import EpisodeBatches
-from agents.lm_forward import position_ids
+from agents.sb3.buffers import EpisodeBatches
+from agents.lm.forward import position_ids
 from harness import PATHS, add_shape_arguments, build_ppo, collect_once, machine, median_seconds
 
 

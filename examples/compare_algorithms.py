@@ -7,8 +7,7 @@ Writes curves.png, results.md and results.json into a new directory under runs/.
 
 import argparse
 
-from agents.compare import compare
-from agents.train import TrainConfig
+from agents import TrainConfig, compare
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--algos", default="ppo,a2c,maskable_ppo,trpo,dqn")

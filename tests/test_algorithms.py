@@ -9,8 +9,8 @@ from sb3_contrib import MaskablePPO
 
 import lm_gym
 from agents import LMActorCriticPolicy, MaskableEpisodeRolloutBuffer, sample_episodes, summarize
-from agents.algorithms import ALGORITHMS, make_algorithm
-from agents.cli import main
+from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.runs.cli import main
 
 SMALL = {  # a few updates each, on short episodes
     "ppo": dict(n_steps=16, batch_size=32), "a2c": dict(n_steps=8), "maskable_ppo": dict(n_steps=16, batch_size=32),

@@ -4,7 +4,7 @@ import pytest
 from stable_baselines3 import A2C, PPO
 from transformers import pipeline
 
-from agents.cli import build_parser, main
+from agents.runs.cli import build_parser, main
 
 COMMON = ["--steps", "256", "--n-envs", "2", "--eval-samples", "2", "--max-new-tokens", "4"]
 FAST = [*COMMON, "--n-steps", "32", "--batch-size", "32", "--n-epochs", "1"]

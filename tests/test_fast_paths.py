@@ -10,8 +10,8 @@ from stable_baselines3.common.buffers import DictRolloutBuffer
 
 import lm_gym
 from agents import EpisodeRolloutBuffer, LMActorCriticPolicy, RolloutKVCache
-from agents import kv_cache
-from agents.lm_forward import continues, forward_plan, next_token_logits
+from agents.lm import kv_cache
+from agents.lm.forward import continues, forward_plan, next_token_logits
 
 ENV_KWARGS = dict(prompts=["the movie was", "i thought the acting", "honestly , the plot"], max_new_tokens=6)
 

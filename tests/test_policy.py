@@ -70,7 +70,7 @@ def test_rollout_sampling_draws_the_same_tokens_as_sb3_contribs_distribution(mas
     """forward() samples without distribution objects; the same seed must give the same tokens and log-probs."""
     from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 
-    from agents.policy import sample_tokens
+    from agents.lm.actor_critic import sample_tokens
 
     generator = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(64, 512, generator=generator)

@@ -15,10 +15,10 @@ from transformers import AutoModelForCausalLM, pipeline
 
 import lm_gym
 from agents import LMActorCriticPolicy, SampleLogCallback
-from agents.checkpoints import CheckpointError, checkpoint_dirs, save_checkpoint
-from agents.cli import main
-from agents.evaluate import evaluate_run
-from agents.train import TrainConfig, train
+from agents.runs.checkpoints import CheckpointError, checkpoint_dirs, save_checkpoint
+from agents.runs.cli import main
+from agents.runs.evaluate import evaluate_run
+from agents.runs.train import TrainConfig, train
 
 SMALL = dict(steps=384, n_envs=2, n_steps=32, batch_size=32, n_epochs=2, max_new_tokens=4, eval_samples=1,
              checkpoint_every=128, kl_target=1.0, seed=3)
@@ -56,6 +56,32 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
     assert summaries[0]["after"] == summaries[1]["after"] and summaries[1]["resumed_at"] == 256
     with pytest.raises(FileExistsError, match="finished already"):
         train(resume=resumed)
+
+
+def test_models_saved_by_lm_gym_0_1_still_load(tmp_path):
+    """0.1 kept every module in a flat agents/; SB3's zip names the policy and buffer classes by module path."""
+    import base64
+    import zipfile
+
+    from agents import EpisodeRolloutBuffer
+
+    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=8, batch_size=16,
+                device="cpu", rollout_buffer_class=EpisodeRolloutBuffer)
+    old_paths = {LMActorCriticPolicy: "agents.policy", EpisodeRolloutBuffer: "agents.buffers"}
+    new_paths = {cls: cls.__module__ for cls in old_paths}
+    try:  # pickled by reference, as 0.1 wrote them
+        for cls, module in old_paths.items():
+            cls.__module__ = module
+        model.save(tmp_path / "v0.1.zip")
+    finally:
+        for cls, module in new_paths.items():
+            cls.__module__ = module
+    data = json.loads(zipfile.ZipFile(tmp_path / "v0.1.zip").read("data"))
+    assert b"agents.policy" in base64.b64decode(data["policy_class"][":serialized:"])
+    loaded = PPO.load(tmp_path / "v0.1.zip", device="cpu")
+    assert type(loaded.policy) is LMActorCriticPolicy and loaded.rollout_buffer_class is EpisodeRolloutBuffer
+    for name, tensor in model.policy.state_dict().items():
+        torch.testing.assert_close(loaded.policy.state_dict()[name], tensor)
 
 
 def test_checkpoints_are_atomic_and_never_overwritten(tmp_path):

@@ -8,10 +8,10 @@ from dataclasses import fields
 
 from transformers.utils import logging as hf_logging
 
-from agents.algorithms import ALGORITHMS
-from agents.compare import compare
-from agents.evaluate import evaluate_run
-from agents.train import TrainConfig, train
+from agents.sb3.algorithms import ALGORITHMS
+from agents.runs.compare import compare
+from agents.runs.evaluate import evaluate_run
+from agents.runs.train import TrainConfig, train
 
 HELP = {
     "algo": f"RL algorithm: {', '.join(ALGORITHMS)}",

@@ -8,11 +8,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from stable_baselines3.common.policies import BasePolicy
-from transformers import PreTrainedModel
+from torch import nn
 
-from agents.kv_cache import RolloutKVCache
-from agents.policy import LMActorCriticPolicy
+from agents.lm.kv_cache import RolloutKVCache
 from lm_gym.env import TextGenEnv
 
 
@@ -27,31 +25,26 @@ class Episode:
     stopped: bool = False  # ended with a stop token (EOS), not at the token budget
 
 
-def next_token_distribution(policy: BasePolicy, obs: dict[str, torch.Tensor]) -> torch.distributions.Categorical:
-    """The token distribution a trained policy defines: the actor's (masks included), or softmax of the
-    Q-values of DQN/QR-DQN (which are LM logits)."""
-    if isinstance(policy, LMActorCriticPolicy):
-        return policy.get_distribution(obs).distribution
-    q_values = (policy.q_net if hasattr(policy, "q_net") else policy.quantile_net)(obs)
-    return torch.distributions.Categorical(logits=q_values.mean(1) if q_values.dim() == 3 else q_values)
-
-
 @torch.no_grad()
 def sample_episodes(
-    policy: BasePolicy,
+    policy: nn.Module,
     env: TextGenEnv,
     prompts: Sequence[str],
     samples_per_prompt: int = 1,
-    reference: PreTrainedModel | None = None,
+    reference: nn.Module | None = None,
     deterministic: bool = False,
     batch_size: int = 64,
 ) -> list[Episode]:
-    """Run one episode per (prompt, sample), batching the policy call across all running episodes."""
+    """Run one episode per (prompt, sample), batching the policy call across all running episodes.
+
+    ``policy``: anything with ``token_distribution(obs) -> Categorical``: every lm-gym policy of either
+    backend (SB3's actor-critic and Q policies, RLlib's module).
+    """
     base = env.unwrapped
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     episodes: list[Episode] = []
-    policy.set_training_mode(False)
-    policy_device = policy.device
+    policy.set_training_mode(False) if hasattr(policy, "set_training_mode") else policy.eval()
+    policy_device = next(policy.parameters()).device
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         # Shallow copies share the tokenizer, reward and prompt list; reset() gives each its own episode state.
@@ -65,7 +58,7 @@ def sample_episodes(
         while not done.all():
             active = np.flatnonzero(~done)
             batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy_device) for k in obs[0]}
-            distribution = next_token_distribution(policy, batch)
+            distribution = policy.token_distribution(batch)
             actions = distribution.probs.argmax(-1) if deterministic else distribution.sample()
             if reference is not None:
                 ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0, hidden=False)

@@ -10,10 +10,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from agents.algorithms import ALGORITHMS
-from agents.checkpoints import CheckpointError, checkpoint_dirs
-from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
-from agents.train import TrainConfig, make_eval_env
+from agents.sb3.algorithms import ALGORITHMS
+from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
+from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
+from agents.runs.train import TrainConfig, make_eval_env
 from lm_gym.prompts import PromptSource, load_prompts
 
 COLUMNS = {"reward_mean": "reward", "kl_mean": "KL to initial LM", "perplexity": "perplexity (initial LM)",

@@ -8,8 +8,8 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
-from agents.kv_cache import RolloutKVCache
-from agents.lm_forward import Observation, next_token_logits
+from agents.lm.kv_cache import RolloutKVCache
+from agents.lm.forward import Observation, next_token_logits
 
 
 class TopPMask:

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.algorithms import ALGORITHMS, make_algorithm
-from agents.evaluation import sample_episodes, summarize
-from agents.kl import KLPenaltyCallback
-from agents.train import TrainConfig, make_envs, new_run_dir
+from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.runs.samples import sample_episodes, summarize
+from agents.sb3.kl import KLPenaltyCallback
+from agents.runs.train import TrainConfig, make_envs, new_run_dir
 
 
 class LearningCurveCallback(BaseCallback):

@@ -1,30 +1,13 @@
-"""Per-token KL-to-reference reward shaping, with a fixed or adaptive coefficient."""
+"""KLPenaltyCallback: per-token KL-to-reference reward shaping for SB3's on-policy algorithms."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from transformers import PreTrainedModel
+from torch import nn
 
-from agents.lm_forward import next_token_logits
-from agents.policy import LMActorCriticPolicy
-
-
-class AdaptiveKLController:
-    """Proportional controller of the KL coefficient toward a target KL per episode (Ziegler et al., 2019).
-
-    After each rollout: ``coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``.
-    """
-
-    def __init__(self, coef: float, target: float, horizon: int = 10_000):
-        if target <= 0 or horizon <= 0:
-            raise ValueError(f"target={target} and horizon={horizon} must be positive.")
-        self.coef, self.target, self.horizon = coef, target, horizon
-
-    def update(self, kl: float, n_steps: int) -> None:
-        error = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
-        self.coef *= 1.0 + error * n_steps / self.horizon
+from agents.lm.kl import AdaptiveKLController, check_kl_arguments, kl_estimate, reference_log_probs
+from agents.sb3.policy import LMActorCriticPolicy
 
 
 class KLPenaltyCallback(BaseCallback):
@@ -47,14 +30,11 @@ class KLPenaltyCallback(BaseCallback):
     def __init__(self, coef: float = 0.05, target: float | None = None, horizon: int = 10_000,
                  estimator: str = "k1", batch_size: int = 512, verbose: int = 0):
         super().__init__(verbose)
-        if coef < 0:
-            raise ValueError(f"coef={coef}: the KL coefficient cannot be negative.")
-        if estimator not in ("k1", "k3"):
-            raise ValueError(f"estimator={estimator!r}: choose 'k1' or 'k3'.")
+        check_kl_arguments(coef, estimator)
         self.controller = None if target is None else AdaptiveKLController(coef, target, horizon)
         self._coef = coef
         self.estimator, self.batch_size = estimator, batch_size
-        self.reference: PreTrainedModel | None = None
+        self.reference: nn.Module | None = None
 
     @property
     def coef(self) -> float:
@@ -80,18 +60,10 @@ class KLPenaltyCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    @torch.no_grad()
     def reference_log_probs(self, observations: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
         """log q(action | observation) under the reference LM for flat arrays of N observations."""
-        device, n_actions = self.model.policy.device, self.model.action_space.n
-        out = np.empty(len(actions), dtype=np.float32)
-        for start in range(0, len(actions), self.batch_size):
-            part = slice(start, start + self.batch_size)
-            obs = {key: torch.as_tensor(value[part], device=device) for key, value in observations.items()}
-            logits, _ = next_token_logits(self.reference, obs, n_actions, hidden=False)
-            chosen = torch.as_tensor(actions[part], device=device).long().view(-1, 1)
-            out[part] = logits.log_softmax(-1).gather(1, chosen).squeeze(1).cpu().numpy()
-        return out
+        return reference_log_probs(self.reference, observations, actions, self.model.action_space.n,
+                                   self.model.policy.device, self.batch_size)
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
@@ -101,7 +73,7 @@ class KLPenaltyCallback(BaseCallback):
         actions = buffer.actions.swapaxes(0, 1).reshape(-1)
         ref_log_probs = self.reference_log_probs(flat, actions).reshape(n_envs, n_steps).T
         log_ratio = buffer.log_probs - ref_log_probs  # log p(a|s) - log q(a|s), per token
-        kl = log_ratio if self.estimator == "k1" else np.expm1(-log_ratio) + log_ratio
+        kl = kl_estimate(log_ratio, self.estimator)
         coef = self.coef
         buffer.rewards -= coef * kl
         buffer.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])

@@ -24,7 +24,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.kl import KLPenaltyCallback
+from agents.sb3.kl import KLPenaltyCallback
 
 
 class CheckpointError(RuntimeError):

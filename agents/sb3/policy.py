@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,19 +11,17 @@ from gymnasium import spaces
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
-from torch import nn
-from transformers import PreTrainedModel
 
-from agents.kv_cache import RolloutKVCache
-from agents.lm_forward import forward_plan, next_token_logits
-from agents.nlpo import TopPMask
-from agents.lora import AdaptersDisabled, add_lora, merged_copy
-from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, resolve_model, save_pretrained
+from agents.lm.actor_critic import LMActorCritic, eos_token_ids, sample_tokens
+from agents.lm.forward import forward_plan
+from agents.lm.kv_cache import RolloutKVCache
+from agents.sb3.nlpo import TopPMask
+from lm_gym.models import ModelRef
 
 Masks = np.ndarray | torch.Tensor | None
 
 
-class LMActorCriticPolicy(MaskableActorCriticPolicy):
+class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
     """Actor-critic policy whose actor is a causal LM and whose critic is a linear value head on it.
 
     The action distribution is ``Categorical(logits=lm(obs).logits[:, -1])``: sampling an action is
@@ -91,49 +87,22 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
                 "LMActorCriticPolicy needs TextGen-v0's observation space, a Dict of 'input_ids' and "
                 f"'attention_mask'; got {observation_space}."
             )
-        _check_precision(dtype, autocast_dtype, lora)
-        self.model_name = None if model is None else str(model)
-        self.lm_dtype = dtype
-        self.attn_implementation = attn_implementation
-        self.autocast_dtype = autocast_dtype
-        self.use_kv_cache, self.group_episodes = use_kv_cache, group_episodes
+        self._actor_critic_kwargs = dict(model=model, dtype=dtype, attn_implementation=attn_implementation,
+                                         autocast_dtype=autocast_dtype, lora=lora, use_kv_cache=use_kv_cache,
+                                         shared_critic=shared_critic)
+        self.group_episodes = group_episodes
         self.top_p_mask, self.mask_update_interval = top_p_mask, mask_update_interval
-        self.shared_critic = shared_critic
-        self.lora = lora
-        self.kv_cache = RolloutKVCache()
-        self.episode_lengths = EpisodeLengthMonitor(self.kv_cache)
         self._in_update = False
         kwargs["ortho_init"] = False
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
-        self.lm = load_causal_lm(self.model_name, dtype=self.lm_dtype, attn_implementation=self.attn_implementation)
-        lm_vocab = self.lm.get_output_embeddings().out_features
-        if self.lora is not None:
-            self.lm = add_lora(self.lm, self.lora)
-        if self.action_space.n > lm_vocab:
-            raise ValueError(
-                f"the env's vocabulary has {self.action_space.n} tokens but model={resolve_model(self.model_name)!r} "
-                f"has {lm_vocab} output logits; use the tokenizer that belongs to the model."
-            )
-        window = self.observation_space["input_ids"].shape[0]
-        max_positions = getattr(self.lm.config, "max_position_embeddings", None)
-        if max_positions is not None and window > max_positions:
-            raise ValueError(
-                f"the env's window of {window} tokens (max_prompt_tokens + max_new_tokens) is longer than "
-                f"model={resolve_model(self.model_name)!r} can attend to ({max_positions} positions); "
-                "lower max_new_tokens or max_prompt_tokens."
-            )
-        self._lm_parameters = list(self.lm.parameters())  # walked on every rollout step: list it once
-        hidden_size = self.lm.get_input_embeddings().embedding_dim
-        # Named "value_*" so that sb3-contrib's TRPO leaves it out of its actor step. Float32 whatever the
-        # LM's dtype: it is tiny, and Adam on half-precision weights loses small updates.
-        self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.value_head.weight, std=1 / (hidden_size + 1))
-        nn.init.zeros_(self.value_head.bias)
+        self.build_actor_critic(n_actions=int(self.action_space.n), window=self.observation_space["input_ids"].shape[0],
+                                **self._actor_critic_kwargs)
+        self.episode_lengths = EpisodeLengthMonitor(self.kv_cache)
         # A plain attribute, not a submodule: see TopPMask.
         self.__dict__["nlpo"] = None if self.top_p_mask is None else TopPMask(
-            self.lm, self.top_p_mask, self.mask_update_interval, _eos_ids(self.lm))
+            self.lm, self.top_p_mask, self.mask_update_interval, eos_token_ids(self.lm))
         trainable = [p for p in self.parameters() if p.requires_grad]  # with LoRA: adapters and value head
         self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
 
@@ -161,31 +130,15 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
             self.nlpo.refresh(self.lm)
         return result
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=getattr(torch, self.autocast_dtype))
-
     def _logits_and_values(self, obs: PyTorchObs, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float32 next-token logits ``(B, n)`` and values ``(B, 1)``.
-
-        ``cached`` on the per-step rollout paths only: the KV cache continues each row from the last call.
-        """
-        n_actions = self.action_space.n
-        if cached and self.use_kv_cache and not torch.is_grad_enabled():
-            # In-place updates (optimizer steps, load_state_dict) bump these counters: a changed sum
-            # means changed weights, and the cache is dropped.
-            version = sum(p._version for p in self._lm_parameters)
-            logits, hidden = self.kv_cache(self.lm, obs, n_actions, version, self._autocast())
-        else:
-            plan = forward_plan(obs["input_ids"], obs["attention_mask"], share=self.group_episodes)
-            if torch.is_grad_enabled() and self.group_episodes:
-                self.episode_lengths.check_update(len(plan.chain), len(plan.roots))
-            with self._autocast():
-                logits, hidden = next_token_logits(self.lm, obs, n_actions, plan)
-        critic_input = hidden if self.shared_critic else hidden.detach()
-        values = self.value_head(critic_input.to(self.value_head.weight.dtype)).float()
-        return logits.float(), values
+        """Logits and values (see :meth:`LMActorCritic.logits_and_values`); update minibatches also feed the
+        buffer-order check."""
+        if cached:
+            return self.logits_and_values(obs, cached=True)
+        plan = forward_plan(obs["input_ids"], obs["attention_mask"], share=self.group_episodes)
+        if torch.is_grad_enabled() and self.group_episodes:
+            self.episode_lengths.check_update(len(plan.chain), len(plan.roots))
+        return self.logits_and_values(obs, plan=plan)
 
     def _distribution_and_values(self, obs: PyTorchObs, action_masks: Masks = None
                                  ) -> tuple[MaskableCategoricalDistribution, torch.Tensor]:
@@ -202,7 +155,7 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
         masks = None if action_masks is None else torch.as_tensor(
             action_masks, dtype=torch.bool, device=self.device).reshape(-1, self.action_space.n)
         if self.nlpo is not None:
-            nucleus = self.nlpo(obs, self.action_space.n, cached=cached and self.use_kv_cache, autocast=self._autocast())
+            nucleus = self.nlpo(obs, self.action_space.n, cached=cached and self.use_kv_cache, autocast=self.autocast())
             combined = nucleus if masks is None else nucleus & masks
             # Where the nucleus and the env's masks share no token, the env's masks alone decide.
             masks = combined if masks is None else torch.where(combined.any(-1, keepdim=True), combined, masks)
@@ -228,67 +181,15 @@ class LMActorCriticPolicy(MaskableActorCriticPolicy):
     def get_distribution(self, obs: PyTorchObs, action_masks: Masks = None) -> MaskableCategoricalDistribution:
         return self._distribution_and_values(obs, action_masks)[0]
 
+    @torch.no_grad()
+    def token_distribution(self, obs: PyTorchObs) -> torch.distributions.Categorical:
+        """The policy's next-token distribution outside training: NLPO's nucleus mask included."""
+        return self.get_distribution(obs).distribution
+
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         # Without gradients this is SB3's bootstrap at the end of a rollout, on the observations that follow its
         # last step: the KV cache continues them, and the next rollout's first step finds them cached.
         return self._logits_and_values(obs, cached=True)[1]
-
-    def load_reference_model(self) -> nn.Module:
-        """The initial LM, frozen, for KL terms: with LoRA the policy's own LM with adapters disabled,
-        otherwise a copy reloaded from ``model`` onto this policy's device."""
-        if self.lora is not None:
-            return AdaptersDisabled(self.lm)
-        return load_frozen_lm(self.model_name, self.device, dtype=self.lm_dtype,
-                              attn_implementation=self.attn_implementation)
-
-    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Save the LM (LoRA adapters merged in) and its tokenizer in Hugging Face format; refuses a
-        non-empty directory."""
-        lm = merged_copy(self.lm) if self.lora is not None else self.lm
-        return save_pretrained(lm, self.model_name, path, overwrite)
-
-
-HALF_PRECISION_ADVICE = ("SB3 has no loss scaling, so float16 gradients and Adam updates underflow. Use "
-                         "'bfloat16' (same memory, float32's range), or LoRA (lora={...}) with dtype='float16': "
-                         "the float16 base stays frozen and the adapters train in float32.")
-
-
-def _check_precision(dtype: str | None, autocast_dtype: str | None, lora: dict[str, Any] | None) -> None:
-    """Refuse dtypes that are not torch floating types, and float16 where it would be trained."""
-    for name, value in (("dtype", dtype), ("autocast_dtype", autocast_dtype)):
-        if value is not None and not (isinstance(getattr(torch, str(value), None), torch.dtype)
-                                      and getattr(torch, value).is_floating_point):
-            raise ValueError(f"{name}={value!r} is not a torch floating dtype; use 'bfloat16', 'float16' or 'float32'.")
-    if dtype == "float16" and lora is None:
-        raise ValueError(f"dtype='float16' without lora trains float16 weights: {HALF_PRECISION_ADVICE}")
-    if autocast_dtype == "float16":
-        raise ValueError(f"autocast_dtype='float16' trains through float16 activations: {HALF_PRECISION_ADVICE}")
-
-
-def _eos_ids(lm: PreTrainedModel) -> list[int]:
-    eos = lm.generation_config.eos_token_id if lm.generation_config is not None else None
-    eos = lm.config.eos_token_id if eos is None else eos
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
-MASKED_LOGIT = -1e8  # what sb3-contrib's MaskableCategorical puts at masked tokens
-
-
-def sample_tokens(logits: torch.Tensor, masks: torch.Tensor | None, deterministic: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens ``(B,)`` and their log-probs ``(B,)`` from float32 logits ``(B, n)``, without distribution objects.
-
-    The same operations as sb3-contrib's ``MaskableCategorical`` (masked logits, normalised by logsumexp,
-    softmax, ``torch.multinomial``; the mode is the argmax of the probabilities): the same random stream
-    gives the same tokens. Skipping the two distribution objects and their argument validation is what
-    makes it cheaper on the per-step rollout path.
-    """
-    if masks is not None:
-        logits = torch.where(masks, logits, torch.tensor(MASKED_LOGIT, dtype=logits.dtype, device=logits.device))
-    log_probs = logits - logits.logsumexp(-1, keepdim=True)
-    probs = torch.softmax(log_probs, -1)
-    actions = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, True).squeeze(1)
-    return actions, log_probs.gather(1, actions[:, None]).squeeze(1)
 
 
 class EpisodeLengthMonitor:

@@ -2,7 +2,7 @@
 
 SB3's ``collect_rollouts`` calls ``policy(obs)`` once per step for all envs together, each time with the
 whole left-padded window. Between two calls a row either grew by exactly one token (the window shifted
-left by one) or started a new episode. :func:`agents.lm_forward.continues` proves the first case from the
+left by one) or started a new episode. :func:`agents.lm.forward.continues` proves the first case from the
 ids alone. Every step is then one LM call: the rows that grew feed their new token on top of their
 cached keys/values, the rows that restarted feed their whole (new) sequence, in the same batch.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from agents.lm_forward import LMOutput, Observation, continues, position_ids, run_lm
+from agents.lm.forward import LMOutput, Observation, continues, position_ids, run_lm
 
 
 # A step where some rows restart runs as one call when the query columns it pads into the continuing rows

@@ -16,9 +16,9 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
-from agents.policy import LMActorCriticPolicy
-from agents.q_policy import LMDQNPolicy, LMQRDQNPolicy
+from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
+from agents.sb3.policy import LMActorCriticPolicy
+from agents.sb3.q_policy import LMDQNPolicy, LMQRDQNPolicy
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.lm_forward import next_token_logits
+from agents.lm.forward import next_token_logits
 from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, save_pretrained
 
 
@@ -84,6 +84,12 @@ class LMQPolicyMixin:
     def lm_q_network(self, n_quantiles: int | None = None) -> LMQNetwork:
         return LMQNetwork(self.observation_space, self.action_space, self.model_name, self.lm_dtype,
                           n_quantiles=n_quantiles).to(self.device)
+
+    @torch.no_grad()
+    def token_distribution(self, obs: PyTorchObs) -> torch.distributions.Categorical:
+        """softmax(Q) over the next token: the LM's distribution shifted by what the Q-values learned."""
+        q_values = self.q_net(obs) if hasattr(self, "q_net") else self.quantile_net(obs)
+        return torch.distributions.Categorical(logits=q_values.mean(1) if q_values.dim() == 3 else q_values)
 
     def load_reference_model(self) -> nn.Module:
         """A frozen copy of the initial LM on this policy's device, for KL terms."""

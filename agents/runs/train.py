@@ -22,11 +22,11 @@ from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import TqdmExperimentalWarning
 
-from agents.algorithms import ALGORITHMS, make_algorithm
-from agents.checkpoints import CheckpointCallback, CheckpointError, checkpoint_dirs, load_checkpoint
-from agents.evaluation import episodes_to_dicts, sample_episodes, summarize
-from agents.kl import KLPenaltyCallback
-from agents.sample_logging import SampleLogCallback
+from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.runs.checkpoints import CheckpointCallback, CheckpointError, checkpoint_dirs, load_checkpoint
+from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
+from agents.sb3.kl import KLPenaltyCallback
+from agents.sb3.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
 from lm_gym.vector import make_vec_env
@@ -50,7 +50,7 @@ class TrainConfig:
     max_new_tokens: int = 16
     steps: int = 49_152
     n_envs: int = 8
-    # Algorithm hyperparameters: None keeps the algorithm's default (agents.algorithms.ALGORITHMS).
+    # Algorithm hyperparameters: None keeps the algorithm's default (agents.sb3.algorithms.ALGORITHMS).
     learning_rate: float | None = None
     n_steps: int | None = None  # env steps per env per rollout (on-policy)
     batch_size: int | None = None
