@@ -14,7 +14,8 @@ from agents.lm.kl import AdaptiveKLController
 from agents.lm.kv_cache import RolloutKVCache
 from agents.lm.lora import AdaptersDisabled, add_lora, merged_copy
 from agents.runs.checkpoints import CheckpointCallback, CheckpointError, load_checkpoint, save_checkpoint
-from agents.runs.compare import LearningCurveCallback, compare
+from agents.runs.compare import compare
+from agents.runs.progress import LearningCurveCallback
 from agents.runs.evaluate import evaluate_run
 from agents.runs.samples import Episode, distinct_n, sample_episodes, summarize
 from agents.runs.train import TrainConfig, train

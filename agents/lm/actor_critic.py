@@ -50,7 +50,7 @@ class LMActorCritic:
     value_head: nn.Linear
     kv_cache: RolloutKVCache
 
-    def build_actor_critic(self, model: ModelRef, n_actions: int, window: int, dtype: str | None = None,
+    def build_actor_critic(self, n_actions: int, window: int, model: ModelRef = None, dtype: str | None = None,
                            attn_implementation: str | None = None, autocast_dtype: str | None = None,
                            lora: dict[str, Any] | None = None, use_kv_cache: bool = True,
                            shared_critic: bool = True) -> None:
@@ -101,12 +101,18 @@ class LMActorCritic:
         call. Otherwise one forward serves every row that is a prefix of another (``plan``, default
         :func:`agents.lm.forward.shared_forwards`).
         """
+        logits, hidden = self.logits_and_hidden(obs, cached, plan)
+        return logits, self.values(hidden)
+
+    def logits_and_hidden(self, obs: Observation, cached: bool = False, plan: SharedForwards | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 next-token logits ``(B, n_actions)`` and the last hidden states ``(B, H)`` the critic reads."""
         if cached and self.use_kv_cache and not torch.is_grad_enabled():
             logits, hidden = self.kv_cache(self.lm, obs, self.n_actions, self.lm_weights_version(), self.autocast())
         else:
             with self.autocast():
                 logits, hidden = next_token_logits(self.lm, obs, self.n_actions, plan)
-        return logits.float(), self.values(hidden)
+        return logits.float(), hidden
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(B, 1)`` float32 values from last hidden states ``(B, H)``; without ``shared_critic`` the value

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 
 def add_lora(lm: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
@@ -16,6 +17,12 @@ def add_lora(lm: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
         raise ImportError("lora=... needs the peft package: pip install 'lm-gym[lora]'") from error
+    lora = dict(lora)
+    targets = lora.get("target_modules")
+    if "fan_in_fan_out" not in lora and isinstance(targets, (list, tuple)):
+        # GPT-2's projections are Conv1D (weights stored transposed); peft needs fan_in_fan_out for them.
+        lora["fan_in_fan_out"] = any(isinstance(module, Conv1D) for name, module in lm.named_modules()
+                                     if name.rsplit(".", 1)[-1] in targets)
     with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecated; nothing to do here
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **lora))

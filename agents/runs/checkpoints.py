@@ -1,22 +1,23 @@
-"""Periodic, atomic training checkpoints and exact resume.
+"""Periodic, atomic training checkpoints in a run directory, and exact resume for the SB3 backend.
 
-A checkpoint is taken at a rollout boundary (after an update, before the next rollout) and holds
-everything the rest of the run depends on: the SB3 zip (weights, optimizer, step counter, last
-observation), the replay buffer of off-policy algorithms, each env's in-progress episode and RNG, the
-torch/numpy/python RNG states, the KL controller and the NLPO copy. Resuming from it reproduces the
-uninterrupted run exactly.
+Layout: ``RUN/checkpoints/step-000004096/``. Each checkpoint is written into a hidden ``.partial`` directory
+and renamed into place (:func:`atomic_checkpoint`), so a crash never leaves a half-written checkpoint under a
+real name, and an existing checkpoint is never overwritten. What is inside depends on the backend:
 
-Layout: ``RUN/checkpoints/step-000004096/{model.zip, state.pt[, replay_buffer.pkl]}``. Each is written
-into a hidden ``.partial`` directory and renamed into place, so a crash never leaves a half-written
-checkpoint under a real name; an existing checkpoint is never overwritten.
+- SB3 (this module): ``model.zip`` (weights, optimizer, step counter, last observation), ``state.pt`` (each
+  env's in-progress episode and RNG, the torch/numpy/python RNG states, the KL controller, the NLPO copy)
+  and, for DQN/QR-DQN, ``replay_buffer.pkl``. Resuming reproduces the uninterrupted run exactly.
+- RLlib (:mod:`agents.runs.rllib_backend`): the Algorithm's own checkpoint (``Algorithm.save_to_path``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,26 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir())
 
 
-def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:
-    final = Path(directory) / f"step-{model.num_timesteps:09d}"
+@contextlib.contextmanager
+def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
+    """Yields an empty ``.partial`` directory to write checkpoint ``step`` into; renames it into place after."""
+    final = Path(directory) / f"step-{step:09d}"
     if final.exists():
         raise FileExistsError(f"checkpoint {final} exists already; checkpoints are never overwritten.")
     partial = final.with_name(f".{final.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
     partial.mkdir(parents=True)
+    yield partial
+    os.replace(partial, final)  # atomic: the checkpoint appears whole or not at all
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:
+    with atomic_checkpoint(directory, model.num_timesteps) as partial:
+        _write_sb3_checkpoint(model, partial, kl)
+    return Path(directory) / f"step-{model.num_timesteps:09d}"
+
+
+def _write_sb3_checkpoint(model: BaseAlgorithm, partial: Path, kl: KLPenaltyCallback | None) -> None:
     model.save(partial / "model.zip")
     if getattr(model, "replay_buffer", None) is not None:
         model.save_replay_buffer(partial / "replay_buffer.pkl")
@@ -55,8 +69,6 @@ def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback
         "nlpo": None if nlpo is None else {"updates": nlpo.updates, "weights": nlpo.lm.state_dict()},
     }
     torch.save(state, partial / "state.pt")
-    os.replace(partial, final)  # atomic: the checkpoint appears whole or not at all
-    return final
 
 
 def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "auto",

@@ -8,13 +8,18 @@ from dataclasses import fields
 
 from transformers.utils import logging as hf_logging
 
-from agents.sb3.algorithms import ALGORITHMS
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.train import TrainConfig, train
+from agents.runs.train import BACKENDS, TrainConfig, train
 
 HELP = {
-    "algo": f"RL algorithm: {', '.join(ALGORITHMS)}",
+    "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
+    "backend": "sb3 (one process) or rllib (Ray RLlib: env runners, learners, clusters; pip install 'lm-gym[rllib]')",
+    "num_env_runners": "rllib: env runner processes, each stepping --num-envs-per-env-runner envs (default 2)",
+    "num_envs_per_env_runner": "rllib: envs per env runner (default: --n-envs spread over the runners)",
+    "num_learners": "rllib: learner processes; 0 learns in this process (default 0)",
+    "num_gpus_per_learner": "rllib: GPUs per learner (default 0)",
+    "ray_address": "rllib: an existing Ray cluster, e.g. auto or ray://HEAD:10001 (default: a local Ray)",
     "model": "Hugging Face name or local path of the causal LM (default: the bundled tiny LM)",
     "reward": "reward name (see lm_gym.REWARDS)",
     "reward_kwargs": 'reward arguments as JSON, e.g. \'{"target": "great"}\'',
@@ -33,7 +38,9 @@ HELP = {
 }
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
 FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int,
-               "n_epochs": int}
+               "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
+               "num_gpus_per_learner": float}
+CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS)}
 
 
 def add_train_parser(commands) -> None:
@@ -51,8 +58,8 @@ def add_train_parser(commands) -> None:
         # SUPPRESS: only flags actually given reach the config, so they can override a --config file.
         if f.name in JSON_FIELDS:
             parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help=help_text)
-        elif f.name == "algo":
-            parser.add_argument(flag, choices=sorted(ALGORITHMS), default=argparse.SUPPRESS, help=help_text)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=argparse.SUPPRESS, help=help_text)
         else:
             kind = type(default) if default is not None else FIELD_TYPES.get(f.name, str)
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
@@ -74,7 +81,7 @@ def add_compare_parser(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--algos", default="ppo,a2c,maskable_ppo,trpo,dqn",
-                        help=f"comma-separated, from: {', '.join(ALGORITHMS)}")
+                        help=f"comma-separated; SB3: {', '.join(BACKENDS['sb3'])}; RLlib: rllib_ppo, appo, impala")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8192, help="env steps per run")
     parser.add_argument("--every", type=int, default=None, help="env steps between learning-curve points")
@@ -89,6 +96,8 @@ def add_compare_parser(commands) -> None:
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs")
+    for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address"):
+        parser.add_argument("--" + name.replace("_", "-"), type=FIELD_TYPES.get(name, str), default=None, help=HELP[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,10 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)
     elif args.command == "compare":
+        rllib = {name: getattr(args, name) for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address")}
         base = TrainConfig(model=args.model, reward=args.reward, reward_kwargs=args.reward_kwargs,
                            max_new_tokens=args.max_new_tokens, steps=args.steps, n_envs=args.n_envs,
                            kl_coef=args.kl_coef, device=args.device, eval_samples=args.eval_samples, out=args.out,
-                           env_options=args.env_kwargs)
+                           env_options=args.env_kwargs, **rllib)
         compare([a.strip() for a in args.algos.split(",") if a.strip()], args.seeds, base, every=args.every)
 
 

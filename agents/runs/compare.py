@@ -16,76 +16,60 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.runs.progress import LearningCurve, Observer
 from agents.runs.samples import sample_episodes, summarize
-from agents.sb3.kl import KLPenaltyCallback
-from agents.runs.train import TrainConfig, make_envs, new_run_dir
+from agents.runs.train import RLLIB_ONLY, TrainConfig, make_eval_env, make_trainer, new_run_dir, resolve_algorithm
 
 
-class LearningCurveCallback(BaseCallback):
-    """Every ``every`` env steps, records (steps, seconds, mean return of the episodes finished since)."""
-
-    def __init__(self, every: int, report=None):
-        super().__init__()
-        self.every, self.report = every, report  # report(num_timesteps): progress display
-        self.points: list[tuple[int, float, float]] = []
-        self._returns: list[float] = []
-
-    def _on_training_start(self) -> None:
-        self.start, self.next_point = time.perf_counter(), self.every
-
-    def _on_step(self) -> bool:
-        # VecMonitor puts {"r", "l", "t"} into the info of each env whose episode just ended.
-        self._returns.extend(info["episode"]["r"] for info in self.locals["infos"] if "episode" in info)
-        if self.num_timesteps >= self.next_point and self._returns:
-            self.points.append((self.num_timesteps, time.perf_counter() - self.start, float(np.mean(self._returns))))
-            self._returns, self.next_point = [], self.num_timesteps + self.every
-        if self.report is not None:
-            self.report(self.num_timesteps)
-        return True
-
-
-def run_one(config: TrainConfig, every: int, report=None) -> dict:
-    """Train one (algorithm, seed) and evaluate it on held-out prompts."""
-    vec_env, eval_env, held_out = make_envs(config)
-    algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
-                               **config.algorithm_kwargs())
-    reference = algorithm.policy.load_reference_model()
-    curve = LearningCurveCallback(every, report)
-    callbacks = [curve]
-    if ALGORITHMS[config.algo].on_policy and config.kl_coef > 0:
-        kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target)
-        kl.reference = reference
-        callbacks.append(kl)
-    start = time.perf_counter()
-    algorithm.learn(total_timesteps=config.steps, callback=callbacks)
-    seconds = time.perf_counter() - start
-    torch.manual_seed(config.seed)
-    final = summarize(sample_episodes(algorithm.policy, eval_env, held_out, config.eval_samples, reference=reference))
+def run_one(config: TrainConfig, every: int, report: Observer | None = None) -> dict:
+    """Train one (algorithm, seed) on either backend and evaluate it on held-out prompts."""
+    eval_env, train_prompts, held_out = make_eval_env(config)
+    trainer = make_trainer(config, eval_env, train_prompts, run_dir=None)
+    try:
+        curve = LearningCurve(every)
+        start = time.perf_counter()
+        trainer.learn(config.steps, [curve] if report is None else [curve, report])
+        seconds = time.perf_counter() - start
+        torch.manual_seed(config.seed)
+        final = summarize(sample_episodes(trainer.policy, eval_env, held_out, config.eval_samples,
+                                          reference=trainer.reference))
+    finally:
+        trainer.close()
     return {"curve": curve.points, "final": final, "train_seconds": seconds}
 
 
 def compare(algos: Sequence[str], seeds: int, base: TrainConfig, every: int | None = None,
             console: Console | None = None) -> Path:
-    """Train every algorithm with ``seeds`` seeds on ``base``'s task; write curves.png, results.md, results.json."""
+    """Train every algorithm with ``seeds`` seeds on ``base``'s task; write curves.png, results.md, results.json.
+
+    ``algos`` names SB3's algorithms as they are and RLlib's as ``rllib_ppo``, ``appo``, ``impala``
+    (:func:`agents.runs.train.resolve_algorithm`); RLlib runs use ``base``'s Ray settings.
+    """
     console = console or Console()
-    unknown = [a for a in algos if a not in ALGORITHMS]
-    if unknown:
-        raise ValueError(f"--algos: unknown {unknown}; choose from {sorted(ALGORITHMS)}.")
+    backends = {}
+    for name in algos:
+        try:
+            backends[name] = resolve_algorithm(name)
+        except ValueError as error:
+            raise ValueError(f"--algos: {error}") from error
+    sb3_only = {name: None for name in RLLIB_ONLY}  # the Ray settings concern the RLlib runs only
+    configs = {name: dataclasses.replace(base, backend=backend, algo=algo, **(sb3_only if backend == "sb3" else {}))
+               for name, (backend, algo) in backends.items()}
+    for config in configs.values():
+        config.validate()
     every = every or max(base.steps // 20, base.n_envs)
     out = new_run_dir(base.out, "compare")
     results: dict[str, list[dict]] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         runs = progress.add_task("runs", total=len(algos) * seeds)
-        for algo in algos:
-            results[algo] = []
+        for name, config in configs.items():
+            results[name] = []
             for seed in range(seeds):
-                task = progress.add_task(f"{algo} seed {seed}", total=base.steps)
-                config = dataclasses.replace(base, algo=algo, seed=seed)
-                results[algo].append(run_one(config, every, lambda n, t=task: progress.update(t, completed=n)))
+                task = progress.add_task(f"{name} seed {seed}", total=base.steps)
+                report = lambda n, returns, t=task: progress.update(t, completed=min(n, base.steps))  # noqa: E731
+                results[name].append(run_one(dataclasses.replace(config, seed=seed), every, report))
                 progress.update(task, completed=base.steps, visible=False)
                 progress.advance(runs)
     (out / "results.json").write_text(json.dumps({"config": dataclasses.asdict(base), "seeds": seeds, "every": every,

@@ -25,26 +25,34 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
     """Sample completions of held-out prompts from RUN's policy and report reward, KL to the initial LM,
     perplexity under it, distinct-1/2 and EOS rate. Writes ``evaluation-<time>.json`` into RUN.
 
-    Uses RUN/model.zip, or the latest checkpoint of an unfinished run; ``prompts`` defaults to the run's
-    held-out prompts.
+    Uses the run's final save (SB3: ``model.zip``; RLlib: ``algorithm/``, read without starting Ray), or the
+    latest checkpoint of an unfinished run; ``prompts`` defaults to the run's held-out prompts.
     """
     run = Path(run)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run} is not an lm-gym run directory (no config.yaml).")
     config = TrainConfig.from_yaml(run / "config.yaml")
-    weights = run / "model.zip"
+    saved = "algorithm" if config.backend == "rllib" else "model.zip"
+    weights = run / saved
     if not weights.exists():
         checkpoints = checkpoint_dirs(run)
         if not checkpoints:
-            raise CheckpointError(f"{run} has neither model.zip nor a checkpoint to evaluate.")
-        weights = checkpoints[-1] / "model.zip"
+            raise CheckpointError(f"{run} has neither {saved} nor a checkpoint to evaluate.")
+        weights = checkpoints[-1] / saved
     eval_env, _, held_out = make_eval_env(config)
     texts = [p.text for p in load_prompts(prompts)] if prompts is not None else held_out
-    algorithm = ALGORITHMS[config.algo].cls.load(weights, device=device)
-    reference = algorithm.policy.load_reference_model()
+    if config.backend == "rllib":
+        from agents.runs.rllib_backend import load_module
+
+        policy = load_module(weights)
+        if device != "auto":
+            policy.to(device)
+    else:
+        policy = ALGORITHMS[config.algo].cls.load(weights, device=device).policy
+    reference = policy.load_reference_model()
     torch.manual_seed(seed)
     samples = samples or config.eval_samples
-    episodes = sample_episodes(algorithm.policy, eval_env, texts, samples, reference=reference)
+    episodes = sample_episodes(policy, eval_env, texts, samples, reference=reference)
     stats = summarize(episodes)
     result = {"run": str(run), "weights": str(weights), "prompts": len(texts), "stats": stats,
               "samples": episodes_to_dicts(episodes)}

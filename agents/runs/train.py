@@ -1,7 +1,8 @@
-"""One training run: env and algorithm from a config, KL shaping, checkpoints, before/after report, exports.
+"""One training run, on either backend: config, run directory, before/after held-out report, exports.
 
-A run directory holds ``config.yaml`` (the resolved config), ``before.json``, ``checkpoints/``,
-``tensorboard/`` and, once finished, ``model.zip`` (SB3), ``lm/`` (Hugging Face) and ``summary.json``.
+A run directory holds ``config.yaml`` (the resolved config), ``before.json``, ``checkpoints/`` and, once
+finished, the backend's own save (``model.zip`` for SB3, ``algorithm/`` for RLlib), ``lm/`` (Hugging Face)
+and ``summary.json``; SB3 runs also ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,16 +20,31 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
-from tqdm import TqdmExperimentalWarning
 
-from agents.sb3.algorithms import ALGORITHMS, make_algorithm
-from agents.runs.checkpoints import CheckpointCallback, CheckpointError, checkpoint_dirs, load_checkpoint
+from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
+from agents.runs.progress import progress_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
-from agents.sb3.kl import KLPenaltyCallback
-from agents.sb3.sample_logging import SampleLogCallback
+from agents.runs.sb3_backend import SB3Trainer
+from agents.sb3.algorithms import ALGORITHMS
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
-from lm_gym.vector import make_vec_env
+
+# The algorithms of each backend (agents.sb3.ALGORITHMS; agents.rllib.RLLIB_ALGORITHMS, named here so that the
+# CLI works without Ray installed). lm-gym compare names RLlib's PPO "rllib_ppo" to tell it from SB3's.
+BACKENDS = {"sb3": tuple(ALGORITHMS), "rllib": ("ppo", "appo", "impala")}
+RLLIB_ONLY = ("num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner", "ray_address")
+
+
+def resolve_algorithm(name: str) -> tuple[str, str]:
+    """``(backend, algo)`` for a name of ``lm-gym compare --algos``: SB3's names as they are, RLlib's as
+    ``rllib_ppo`` / ``appo`` / ``impala`` (or ``rllib_appo`` / ``rllib_impala``)."""
+    if name in BACKENDS["sb3"]:
+        return "sb3", name
+    algo = name.removeprefix("rllib_")
+    if algo in BACKENDS["rllib"] and (name != algo or algo not in BACKENDS["sb3"]):
+        return "rllib", algo
+    choices = sorted(BACKENDS["sb3"]) + sorted({"rllib_ppo", *BACKENDS["rllib"]} - {"ppo"})
+    raise ValueError(f"unknown algorithm {name!r}; choose from {choices}.")
 
 
 @dataclass
@@ -67,6 +82,32 @@ class TrainConfig:
     log_samples: int = 4  # completions logged as text per rollout
     out: str = "runs"
     env_options: dict[str, Any] = field(default_factory=dict)  # any other TextGenEnv arguments
+    # Backend: "sb3" (one process) or "rllib" (Ray RLlib: env runners, learners, clusters; lm-gym[rllib]).
+    backend: str = "sb3"
+    num_env_runners: int | None = None  # rllib: env runner processes (default 2)
+    num_envs_per_env_runner: int | None = None  # rllib: envs per runner (default n_envs / num_env_runners)
+    num_learners: int | None = None  # rllib: learner processes (default 0: the driver process learns)
+    num_gpus_per_learner: float | None = None  # rllib (default 0)
+    ray_address: str | None = None  # rllib: an existing Ray cluster ("auto", "ray://host:10001"); default: local
+
+    def validate(self) -> None:
+        """Refuse a backend, algorithm or option that does not fit, naming the fix."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: choose one of {list(BACKENDS)}.")
+        algorithms = BACKENDS[self.backend]
+        if self.algo not in algorithms:
+            other = next((b for b, names in BACKENDS.items() if self.algo in names), None)
+            hint = f" algo={self.algo!r} is an {other} algorithm: add --backend {other}." if other else ""
+            raise ValueError(f"algo={self.algo!r}: backend {self.backend!r} trains {sorted(algorithms)}.{hint}")
+        if self.backend == "sb3":
+            given = [f.name for f in dataclasses.fields(self) if f.name in RLLIB_ONLY and getattr(self, f.name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only the rllib backend takes {'them' if len(given) > 1 else 'it'}; "
+                                 "add --backend rllib.")
+
+    def run_name(self) -> str:
+        """The run directory's prefix: the algorithm, and the backend when it is not SB3."""
+        return self.algo if self.backend == "sb3" else f"rllib_{self.algo}"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -135,95 +176,86 @@ def make_eval_env(config: TrainConfig) -> tuple[TextGenEnv, list[Prompt], list[s
     return eval_env, train_prompts, [p.text for p in held_out]
 
 
-def make_envs(config: TrainConfig) -> tuple[Any, TextGenEnv, list[str]]:
-    """Training VecEnv, the eval env and the held-out prompt texts, all with one observation window."""
-    eval_env, train_prompts, held_out = make_eval_env(config)
-    # The eval env's reward object is shared: a classifier reward then sits in memory once.
-    env_kwargs = {**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None}
-    vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
-                           **{**env_kwargs, "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens})
-    return vec_env, eval_env, held_out
+def make_trainer(config: TrainConfig, eval_env: TextGenEnv, train_prompts: list[Prompt], run_dir: Path | None,
+                 resume_from: Path | None = None):
+    """The backend's trainer: :class:`agents.runs.sb3_backend.SB3Trainer` or
+    :class:`agents.runs.rllib_backend.RLlibTrainer` (imported only then: it needs lm-gym[rllib])."""
+    if config.backend == "rllib":
+        try:
+            from agents.runs.rllib_backend import RLlibTrainer
+        except ImportError as error:
+            raise ImportError(f"backend='rllib' needs Ray RLlib: pip install 'lm-gym[rllib]' ({error})") from error
+        return RLlibTrainer(config, eval_env, train_prompts, run_dir, resume_from)
+    return SB3Trainer(config, eval_env, train_prompts, run_dir, resume_from)
 
 
 def train(config: TrainConfig | None = None, resume: str | Path | None = None, console: Console | None = None,
           callbacks: list[BaseCallback] = ()) -> Path:
     """Train (or, with ``resume=RUN``, continue RUN from its last checkpoint), report, save; returns the run dir.
 
-    ``callbacks`` are extra SB3 callbacks, run alongside lm-gym's own.
+    ``callbacks`` are extra SB3 callbacks, run alongside lm-gym's own (SB3 backend only).
     """
     console = console or Console()
     if resume is not None:
         run_dir = Path(resume)
         config = TrainConfig.from_yaml(run_dir / "config.yaml")
-        if (run_dir / "model.zip").exists():
-            raise FileExistsError(f"{run_dir} finished already (model.zip exists); start a new run instead.")
+        if (run_dir / "summary.json").exists():
+            raise FileExistsError(f"{run_dir} finished already (summary.json exists); start a new run instead.")
         checkpoints = checkpoint_dirs(run_dir)
         if not checkpoints:
             raise CheckpointError(f"{run_dir} has no checkpoint to resume from (checkpoints/step-*).")
     else:
         config = config or TrainConfig()
-        if config.algo not in ALGORITHMS:
-            raise ValueError(f"algo={config.algo!r}: choose one of {sorted(ALGORITHMS)}.")
-    spec = ALGORITHMS[config.algo]
-    vec_env, eval_env, held_out = make_envs(config)
-    kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target) if spec.on_policy else None
-    if resume is not None:
-        algorithm = load_checkpoint(checkpoints[-1], spec.cls, vec_env, device=config.device, kl=kl)
-    else:
-        run_dir = new_run_dir(config.out, config.algo)
+        config.validate()
+        run_dir = new_run_dir(config.out, config.run_name())
         config.to_yaml(run_dir / "config.yaml")
-        algorithm = make_algorithm(config.algo, vec_env, model=config.model, seed=config.seed, device=config.device,
-                                   tensorboard_log=_tensorboard_dir(run_dir), **config.algorithm_kwargs())
+    if callbacks and config.backend != "sb3":
+        raise ValueError("callbacks= are SB3 callbacks; RLlib runs take RLlib callbacks in their AlgorithmConfig.")
+    eval_env, train_prompts, held_out = make_eval_env(config)
     if config.prompts is not None and config.eval_prompts is None and config.eval_split is None \
             and config.eval_fraction is None:
         console.print("note: no held-out prompts given (eval_prompts, eval_split or eval_fraction); the report uses "
                       "the bundled held-out review openings.")
-    policy = algorithm.policy
-    reference = policy.load_reference_model()
-    if kl is not None:
-        kl.reference = reference
-    else:
-        console.print(f"note: KL shaping applies to on-policy algorithms; {config.algo} trains on the task reward "
-                      "alone (its KL to the initial LM is still reported).")
+    trainer = make_trainer(config, eval_env, train_prompts, run_dir, checkpoints[-1] if resume is not None else None)
+    try:
+        for note in trainer.notes:
+            console.print(f"note: {note}")
 
-    def evaluate():
-        torch.manual_seed(config.seed)
-        episodes = sample_episodes(policy, eval_env, held_out, config.eval_samples, reference=reference)
-        return summarize(episodes), episodes
+        def evaluate():
+            torch.manual_seed(config.seed)
+            episodes = sample_episodes(trainer.policy, eval_env, held_out, config.eval_samples,
+                                       reference=trainer.reference)
+            return summarize(episodes), episodes
 
-    done = algorithm.num_timesteps
-    console.print(f"[bold]lm-gym train[/bold]: {config.algo} on TextGen-v0, reward={config.reward!r}, "
-                  f"model={config.model or 'bundled tiny LM'}, {config.steps} steps on {policy.device} -> {run_dir}"
-                  + (f" (resuming at step {done})" if resume is not None else ""))
-    if resume is None:
-        before, before_episodes = evaluate()
-        before_samples = episodes_to_dicts(before_episodes)
-        (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": before_samples}))
-    else:  # measured when the run started
-        saved = json.loads((run_dir / "before.json").read_text())
-        before, before_samples = saved["stats"], saved["samples"]
+        done = trainer.num_timesteps
+        console.print(f"[bold]lm-gym train[/bold]: {config.backend} {config.algo} on TextGen-v0, "
+                      f"reward={config.reward!r}, model={config.model or 'bundled tiny LM'}, {config.steps} steps on "
+                      f"{trainer.device} -> {run_dir}" + (f" (resuming at step {done})" if resume is not None else ""))
+        if resume is None:
+            before, before_episodes = evaluate()
+            before_samples = episodes_to_dicts(before_episodes)
+            (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": before_samples}))
+        else:  # measured when the run started
+            saved = json.loads((run_dir / "before.json").read_text())
+            before, before_samples = saved["stats"], saved["samples"]
 
-    own = [SampleLogCallback(config.log_samples)]
-    if kl is not None:
-        own.append(kl)
-    if config.checkpoint_every:
-        own.append(CheckpointCallback(run_dir / "checkpoints", config.checkpoint_every, kl))
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # SB3's progress bar is tqdm.rich, which calls itself experimental each time
-        warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
-        algorithm.learn(total_timesteps=config.steps - done, callback=[*own, *callbacks], progress_bar=True,
-                        reset_num_timesteps=resume is None, tb_log_name="train")
-    train_seconds = time.perf_counter() - start
-    after, after_episodes = evaluate()
-    after_samples = episodes_to_dicts(after_episodes)
-    print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples)
+        start = time.perf_counter()
+        with progress_bar(console, config.steps, done) as observe:
+            trainer.learn(config.steps, [observe], **({"callbacks": callbacks} if callbacks else {}))
+        train_seconds = time.perf_counter() - start
+        after, after_episodes = evaluate()
+        after_samples = episodes_to_dicts(after_episodes)
+        print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples)
 
-    algorithm.save(run_dir / "model.zip")
-    policy.save_pretrained(run_dir / "lm")
+        trainer.save(run_dir)
+        trainer.policy.save_pretrained(run_dir / "lm")
+    finally:
+        trainer.close()
     summary = {"config": asdict(config), "train_seconds": train_seconds, "resumed_at": done or None,
                "before": before, "after": after, "samples_before": before_samples, "samples_after": after_samples}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"trained in {train_seconds:.0f} s; saved {run_dir}/model.zip (SB3), {run_dir}/lm (Hugging Face), "
+    saved = ", ".join(f"{run_dir}/{name}" for name in trainer.final_files)
+    console.print(f"trained in {train_seconds:.0f} s; saved {saved} ({config.backend}), {run_dir}/lm (Hugging Face), "
                   f"{run_dir}/summary.json")
     return run_dir
 
@@ -244,11 +276,3 @@ def print_report(console: Console, before: dict, after: dict, before_samples: li
         b, a = before_samples[i], after_samples[i]
         samples.add_row(b["prompt"], f"{b['completion']} [{b['reward']:+.2f}]", f"{a['completion']} [{a['reward']:+.2f}]")
     console.print(samples)
-
-
-def _tensorboard_dir(run_dir: Path) -> str | None:
-    try:
-        import tensorboard  # noqa: F401  (SB3 writes TensorBoard events only when it is installed)
-    except ImportError:
-        return None
-    return str(run_dir / "tensorboard")

@@ -1,0 +1,152 @@
+"""The RLlib algorithms lm-gym trains TextGen-v0 with, and the config that puts LMRLModule into each.
+
+``rllib_config("ppo", env_config, ...)`` returns a ready ``AlgorithmConfig`` (``.build_algo()`` trains it).
+Hyperparameters are named once, here; the knobs shared with the SB3 backend mean the same there and here:
+a rollout is ``n_steps`` steps of every env, ``batch_size`` is PPO's minibatch, ``gamma`` is 1 (a completion
+is one episode, its score the final reward).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.appo import APPOConfig
+from ray.rllib.algorithms.impala import IMPALAConfig
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune.registry import register_env
+
+from agents.lm.actor_critic import check_precision
+from agents.lm.kl import AdaptiveKLController, check_kl_arguments
+from agents.rllib.kl import KLControllerCallback, KLShaping
+from agents.rllib.module import LMRLModule
+
+ENV_ID = "lm_gym/TextGen-v0"
+
+
+def make_env(env_config: dict[str, Any]):
+    """The env creator RLlib calls on every env runner (its own process): a TextGenEnv from ``env_config``."""
+    import lm_gym  # env runners are separate processes that never imported it
+
+    return lm_gym.TextGenEnv(**env_config)
+
+
+def register_text_gen_env() -> None:
+    """Make ``ENV_ID`` known to Ray (needed before building, and before restoring an Algorithm checkpoint)."""
+    register_env(ENV_ID, make_env)
+
+
+@dataclass(frozen=True)
+class RLlibAlgorithmSpec:
+    config_class: type[AlgorithmConfig]
+    training: dict[str, Any] = field(default_factory=dict)
+    asynchronous: bool = False  # samples on remote env runners while the learners train (needs >= 1 of them)
+
+
+DEFAULT_N_STEPS = 64  # env steps per env per rollout, as the SB3 backend's on-policy default
+SHARED = dict(lr=1e-4, gamma=1.0, entropy_coeff=0.0, vf_loss_coeff=0.5)
+RLLIB_ALGORITHMS: dict[str, RLlibAlgorithmSpec] = {
+    # KL to the previous policy (use_kl_loss) needs the logits of every stored step: off (see LMRLModule).
+    # Minibatches in the train batch's episode order, so one forward covers an episode's steps.
+    "ppo": RLlibAlgorithmSpec(PPOConfig, dict(SHARED, lambda_=0.95, num_epochs=4, minibatch_size=128, clip_param=0.2,
+                                              use_kl_loss=False, shuffle_batch_per_epoch=False)),
+    # V-trace off-policy correction; APPO adds PPO's clipped ratio against a target copy of the LM.
+    "appo": RLlibAlgorithmSpec(APPOConfig, dict(SHARED, use_kl_loss=False), asynchronous=True),
+    "impala": RLlibAlgorithmSpec(IMPALAConfig, dict(SHARED), asynchronous=True),
+}
+
+
+def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, Any] | None = None, *,
+                 n_steps: int | None = None, batch_size: int | None = None, n_epochs: int | None = None,
+                 learning_rate: float | None = None, num_env_runners: int = 2, num_envs_per_env_runner: int = 4,
+                 num_learners: int = 0, num_gpus_per_learner: float = 0, seed: int | None = None,
+                 kl_coef: float = 0.0, kl_target: float | None = None, kl_horizon: int = 10_000,
+                 kl_estimator: str = "k1") -> AlgorithmConfig:
+    """RLlib algorithm ``name`` on TextGen-v0 (``env_config``: TextGenEnv arguments) with :class:`LMRLModule`
+    (``model_config``: its arguments), sampling ``num_env_runners x num_envs_per_env_runner`` envs.
+
+    ``kl_coef`` / ``kl_target`` turn on KL shaping (fixed, or adaptive toward ``kl_target`` nats per
+    episode). ``None`` keeps an algorithm's default. Check resources with :func:`check_resources` before
+    building.
+    """
+    if name not in RLLIB_ALGORITHMS:
+        raise ValueError(f"algo={name!r} is not an RLlib algorithm of lm-gym; choose one of {sorted(RLLIB_ALGORITHMS)}.")
+    spec = RLLIB_ALGORITHMS[name]
+    check_module_config(model_config or {})
+    register_text_gen_env()
+    envs = max(1, num_env_runners) * num_envs_per_env_runner
+    n_steps = n_steps or DEFAULT_N_STEPS
+    training = dict(spec.training, train_batch_size_per_learner=n_steps * envs // max(1, num_learners))
+    if learning_rate is not None:
+        training["lr"] = learning_rate
+    if name == "ppo":
+        training.update({k: v for k, v in (("minibatch_size", batch_size), ("num_epochs", n_epochs)) if v is not None})
+    elif batch_size is not None or n_epochs is not None:
+        raise ValueError(f"batch_size and n_epochs do not apply to algo={name!r}: it learns from each batch of "
+                         "n_steps x envs steps once.")
+    check_kl_arguments(kl_coef, kl_estimator)
+    if kl_target is not None:
+        AdaptiveKLController(kl_coef, kl_target, kl_horizon)  # refuses a target or horizon that is not positive
+    if kl_coef > 0 or kl_target is not None:
+        training["learner_connector"] = functools.partial(_kl_shaping, estimator=kl_estimator)
+    config = (spec.config_class()
+              .environment(ENV_ID, env_config=env_config)
+              .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner,
+                           rollout_fragment_length="auto" if name == "ppo" else n_steps)
+              .learners(num_learners=num_learners, num_gpus_per_learner=num_gpus_per_learner)
+              .rl_module(rl_module_spec=RLModuleSpec(module_class=LMRLModule,
+                                                     model_config={**(model_config or {}), "kl_coef": kl_coef}))
+              .training(**training)
+              # One iteration = one update: the caller's step budget and progress stay exact.
+              .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0)
+              .debugging(seed=seed, log_level="ERROR"))
+    if kl_target is not None:
+        config.callbacks(functools.partial(KLControllerCallback, target=kl_target, horizon=kl_horizon))
+    return config
+
+
+def check_module_config(model_config: dict[str, Any]) -> None:
+    """The SB3 policy's precision rules, plus RLlib's own limit, checked here on the driver: RLlib builds the
+    module in its env-runner processes first, where an error would surface as an unrelated one."""
+    check_precision(model_config.get("dtype"), model_config.get("autocast_dtype"), model_config.get("lora"))
+    if model_config.get("dtype") == "bfloat16":
+        raise ValueError("dtype='bfloat16' does not work with the RLlib backend: RLlib ships module weights to the "
+                         "env runners as numpy arrays, and numpy has no bfloat16. Use autocast_dtype='bfloat16' "
+                         "(float32 weights, bf16 compute) or LoRA over a dtype='float16' base (frozen, half the memory).")
+
+
+def _kl_shaping(input_observation_space, input_action_space, estimator: str) -> KLShaping:
+    return KLShaping(input_observation_space, input_action_space, estimator=estimator)
+
+
+def check_resources(name: str, num_env_runners: int, num_learners: int, num_gpus_per_learner: float,
+                    cpus: float, gpus: float) -> None:
+    """Refuse, before anything starts, what the Ray cluster (``cpus``, ``gpus``) cannot run or the algorithm
+    cannot use: RLlib would otherwise wait forever for actors it cannot place."""
+    if name in RLLIB_ALGORITHMS and RLLIB_ALGORITHMS[name].asynchronous and num_env_runners < 1:
+        raise ValueError(f"algo={name!r} samples asynchronously on remote env runners while it learns: "
+                         "num_env_runners must be at least 1 (--num-env-runners 1).")
+    wanted_gpus = max(1, num_learners) * num_gpus_per_learner
+    if wanted_gpus > gpus:
+        raise ValueError(f"num_learners={num_learners} x num_gpus_per_learner={num_gpus_per_learner} asks for "
+                         f"{wanted_gpus:g} GPUs but the Ray cluster has {gpus:g}; lower --num-gpus-per-learner "
+                         "or --num-learners, or connect to a cluster with more GPUs (--ray-address).")
+    wanted_cpus = num_env_runners + num_learners  # one CPU per env runner and per remote learner
+    if wanted_cpus > cpus:
+        raise ValueError(f"num_env_runners={num_env_runners} + num_learners={num_learners} need {wanted_cpus} CPUs "
+                         f"(one each) but the Ray cluster has {cpus:g}; lower them, raise --num-envs-per-env-runner "
+                         "instead (envs share a runner's CPU), or connect to a bigger cluster (--ray-address).")
+
+
+def trained_module(algorithm: Algorithm) -> LMRLModule:
+    """The learners' module as it is now, on the driver: the local env runner's copy, synced from the learners
+    first (PPO syncs it every iteration, APPO and IMPALA only their remote runners). For reports and exports:
+    ``trained_module(algo).save_pretrained("my-lm")``."""
+    algorithm.env_runner_group.sync_weights(from_worker_or_learner_group=algorithm.learner_group, to_worker_indices=[],
+                                            inference_only=True)
+    return algorithm.get_module(DEFAULT_MODULE_ID)

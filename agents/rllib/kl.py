@@ -1,0 +1,120 @@
+"""Per-token KL-to-reference reward shaping for RLlib, with the semantics and names of KLPenaltyCallback.
+
+:class:`KLShaping` is a learner connector: before GAE (PPO) or V-trace (APPO, IMPALA) read the rewards, it
+scores every (observation, token) of the incoming episodes with the frozen initial LM and subtracts
+``coef * KL`` from each token's reward. The coefficient lives in the module (``LMRLModule.kl_coef``, a
+buffer: checkpointed with the weights, equal on every learner); :class:`KLControllerCallback` moves it
+toward ``target`` on the driver after each iteration, from the KL reduced over all learners.
+Logged per iteration under the learner results: ``kl/per_token``, ``kl/per_episode``, ``kl/coef``,
+``kl/penalty_per_episode``; the env runners' episode returns stay the task reward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+
+from agents.lm.kl import AdaptiveKLController, check_kl_arguments, kl_estimate, reference_log_probs
+
+# RLlib's PPO and IMPALA learners append one bootstrap step to every episode before the custom connectors run
+# and say so in shared_data under this key; that step is not a token the policy wrote.
+BOOTSTRAP_STEP_ADDED = "_added_loss_mask_for_valid_episode_ts"
+
+
+class KLShaping(ConnectorV2):
+    """Learner connector: ``reward -= kl_coef * KL(policy || initial LM)`` for every generated token.
+
+    Args:
+        estimator: ``"k1"`` or ``"k3"`` (see :func:`agents.lm.kl.kl_estimate`).
+        batch_size: observations per reference forward.
+    """
+
+    def __init__(self, input_observation_space=None, input_action_space=None, *, estimator: str = "k1",
+                 batch_size: int = 512, **kwargs):
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        check_kl_arguments(0.0, estimator)
+        self.estimator, self.batch_size = estimator, batch_size
+        self.reference = None
+
+    def __call__(self, *, rl_module, batch: dict[str, Any], episodes: list, shared_data: dict | None = None,
+                 metrics=None, **kwargs) -> dict[str, Any]:
+        module = rl_module[DEFAULT_MODULE_ID].unwrapped()
+        coef = float(module.kl_coef)
+        if self.reference is None:  # with LoRA: the same LM with adapters off; else a frozen copy, on this learner
+            self.reference = module.load_reference_model()
+        bootstrap = 1 if (shared_data or {}).get(BOOTSTRAP_STEP_ADDED) else 0
+        segments = [(episode, len(episode) - bootstrap) for episode in
+                    self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)]
+        segments = [(episode, n) for episode, n in segments if n > 0]
+        if not segments:
+            return batch
+        observations = [episode.get_observations(indices=slice(0, n)) for episode, n in segments]
+        flat = {key: np.concatenate([obs[key] for obs in observations]) for key in observations[0]}
+        actions = np.concatenate([episode.get_actions(indices=slice(0, n)) for episode, n in segments])
+        log_probs = np.concatenate([episode.get_extra_model_outputs(key=Columns.ACTION_LOGP, indices=slice(0, n))
+                                    for episode, n in segments])
+        device = next(module.parameters()).device
+        reference = reference_log_probs(self.reference, flat, actions, module.n_actions, device, self.batch_size)
+        kl = kl_estimate(log_probs.astype(np.float32) - reference, self.estimator)
+        start = 0
+        with quiet_gymnasium():  # set_rewards checks each scalar reward with Box.contains, which warns on scalars
+            for episode, n in segments:
+                rewards = np.asarray(episode.get_rewards(indices=slice(0, n)), dtype=np.float32)
+                episode.set_rewards(new_data=rewards - coef * kl[start:start + n], at_indices=slice(0, n))
+                start += n
+        if metrics is not None:
+            per_episode = float(kl.sum() / len(segments))  # segments: episodes, or the parts of them in this batch
+            for name, value in (("kl/per_token", float(kl.mean())), ("kl/per_episode", per_episode),
+                                ("kl/coef", coef), ("kl/penalty_per_episode", coef * per_episode)):
+                metrics.log_value((DEFAULT_MODULE_ID, name), value, window=1)
+        return batch
+
+
+@contextlib.contextmanager
+def quiet_gymnasium():
+    level = gym.logger.min_level
+    gym.logger.min_level = gym.logger.ERROR
+    try:
+        yield
+    finally:
+        gym.logger.min_level = level
+
+
+class KLControllerCallback(RLlibCallback):
+    """After each iteration, moves ``kl_coef`` toward a target KL per episode and writes it to every learner.
+
+    The adaptive rule is :class:`agents.lm.kl.AdaptiveKLController`'s (Ziegler et al., 2019), applied to the
+    iteration's ``kl/per_episode`` as reduced over the learners; its step counts the iteration's env steps.
+    """
+
+    def __init__(self, target: float, horizon: int = 10_000):
+        super().__init__()
+        self.target, self.horizon = target, horizon
+        self._last_steps = None
+
+    def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
+        learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
+        if "kl/per_episode" not in learner:
+            return
+        steps = int(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime", 0))
+        new_steps = steps - (self._last_steps if self._last_steps is not None else 0)
+        self._last_steps = steps
+        controller = AdaptiveKLController(float(learner["kl/coef"]), self.target, self.horizon)
+        controller.update(float(learner["kl/per_episode"]), max(new_steps, 0))
+        set_kl_coef(algorithm, controller.coef)
+
+
+def set_kl_coef(algorithm, coef: float) -> None:
+    """Write the KL coefficient into the module on every learner (and so, with the next weight sync, on the
+    env runners and in the next checkpoint)."""
+    def write(learner, value=float(coef)):
+        learner.module[DEFAULT_MODULE_ID].unwrapped().kl_coef.fill_(value)
+
+    algorithm.learner_group.foreach_learner(write)
