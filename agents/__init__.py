@@ -22,6 +22,7 @@ from agents.runs.train import TrainConfig, train
 from agents.sb3 import buffers, policy, q_policy
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
+from agents.sb3.group_advantages import GroupAdvantageCallback, outcome_advantages
 from agents.sb3.kl import KLPenaltyCallback
 from agents.sb3.nlpo import TopPMask
 from agents.sb3.policy import LMActorCriticPolicy
@@ -34,9 +35,9 @@ sys.modules.update({"agents.policy": policy, "agents.q_policy": q_policy, "agent
 
 __all__ = [
     "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointCallback", "CheckpointError", "Episode",
-    "EpisodeRolloutBuffer", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy", "LMDQNPolicy", "LMQNetwork",
-    "LMQRDQNPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer", "RolloutKVCache", "SampleLogCallback",
-    "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n", "evaluate_run", "load_checkpoint",
-    "make_algorithm", "merged_copy", "next_token_logits", "sample_episodes", "sample_tokens", "save_checkpoint",
-    "summarize", "train",
+    "EpisodeRolloutBuffer", "GroupAdvantageCallback", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy",
+    "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer",
+    "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
+    "evaluate_run", "load_checkpoint", "make_algorithm", "merged_copy", "next_token_logits", "outcome_advantages",
+    "sample_episodes", "sample_tokens", "save_checkpoint", "summarize", "train",
 ]

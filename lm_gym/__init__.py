@@ -1,11 +1,12 @@
 """lm-gym: RL fine-tuning of causal language models as a Gymnasium environment.
 
-Importing the package registers ``"TextGen-v0"``. In worker processes that never import ``lm_gym``
-(``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
+Importing the package registers ``"TextGen-v0"`` and ``"TextGen-Arithmetic-v0"``. In worker processes that
+never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
 
 from gymnasium.envs.registration import register, registry
 
+from lm_gym.arithmetic import ARITHMETIC_MODEL, ArithmeticEnv, arithmetic_problems
 from lm_gym.env import TextGenEnv
 from lm_gym.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
@@ -13,6 +14,7 @@ from lm_gym.rewards import (
     REWARDS,
     BleuReward,
     ClassifierReward,
+    ExactMatchReward,
     FunctionReward,
     KeywordReward,
     LengthReward,
@@ -30,10 +32,13 @@ __version__ = "0.1.0"
 
 if "TextGen-v0" not in registry:
     register(id="TextGen-v0", entry_point="lm_gym.env:TextGenEnv")
+if "TextGen-Arithmetic-v0" not in registry:
+    register(id="TextGen-Arithmetic-v0", entry_point="lm_gym.arithmetic:ArithmeticEnv")
 
 __all__ = [
-    "DEFAULT_MODEL", "DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "REWARDS", "BatchedRewardVecEnv", "BleuReward",
-    "ClassifierReward", "FunctionReward", "KeywordReward", "LengthReward", "Prompt", "RegexReward", "Reward",
-    "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv", "TextGenVecEnv", "dataset_prompts",
-    "load_causal_lm", "load_prompts", "load_tokenizer", "make_reward", "make_vec_env", "register_reward", "split_prompts",
+    "ARITHMETIC_MODEL", "ArithmeticEnv", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
+    "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
+    "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",
+    "TextGenVecEnv", "arithmetic_problems", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",
+    "make_reward", "make_vec_env", "register_reward", "split_prompts",
 ]

@@ -225,6 +225,23 @@ class TargetWordReward(Reward):
         return [sum(w == self.target for w in ws) / len(ws) if ws else 0.0 for ws in words]
 
 
+class ExactMatchReward(_ReferenceReward):
+    """Verifiable answers: 1.0 when the completion equals one of the prompt's references, else 0.0.
+
+    Compared after stripping surrounding whitespace (``strip=True``), nothing else: ``"68"`` and ``" 68"``
+    match ``"68"``, ``"068"`` and ``"68."`` do not. The optimum is 1.0.
+    """
+
+    name = "exact_match"
+
+    def __init__(self, strip: bool = True):
+        self.strip = strip
+
+    def score(self, completion, references):
+        clean = str.strip if self.strip else str
+        return float(clean(completion) in {clean(r) for r in references})
+
+
 REWARDS: dict[str, Callable[..., Reward]] = {
     "sentiment": SentimentReward,
     "classifier": ClassifierReward,
@@ -234,6 +251,7 @@ REWARDS: dict[str, Callable[..., Reward]] = {
     "rouge": RougeReward,
     "bleu": BleuReward,
     "target_word": TargetWordReward,
+    "exact_match": ExactMatchReward,
 }
 
 

@@ -33,6 +33,13 @@ class TextGenVecEnv(VecEnv):
     an episode runs and ``{"prompt", "completion", "num_new_tokens", "terminal_observation"}`` on its last
     step. Finished envs restart at once, as in every SB3 VecEnv.
 
+    **Groups** (``group_size=G > 1``, for GRPO/RLOO-style baselines): episodes come in groups of ``G`` that
+    answer the same prompt. Every episode that starts takes the next free place in the open group; once
+    ``G`` episodes have started, the next one opens a new group with a new prompt (drawn from one stream for
+    the whole VecEnv, seeded by ``seed(s)`` with ``s``). So a group's episodes run side by side in ``G``
+    different envs, start within a few steps of each other, and ``n_envs`` needs no relation to ``G``. Each
+    episode's group id is in ``info["group"]`` on its last step (and in the reset info).
+
     ``env_method`` serves the per-env methods of ``TextGenEnv`` that SB3, sb3-contrib and lm-gym call:
     ``action_masks`` (MaskablePPO), ``get_state`` / ``set_state`` (checkpoints) and ``render``; ``get_attr``
     returns the shared template's attributes (``tokenizer``, ``reward``, ``window``, ...).
@@ -41,13 +48,17 @@ class TextGenVecEnv(VecEnv):
         num_envs: number of parallel episodes.
         env: a ready :class:`TextGenEnv` to take the tokenizer, prompts, reward and spaces from; else one
             is built from ``env_kwargs`` (the same arguments as ``gym.make("TextGen-v0", ...)``).
+        group_size: episodes per group of one prompt (1: every episode draws its own prompt).
     """
 
     PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
 
-    def __init__(self, num_envs: int, env: TextGenEnv | None = None, **env_kwargs: Any):
+    def __init__(self, num_envs: int, env: TextGenEnv | None = None, group_size: int = 1, **env_kwargs: Any):
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}: must be at least 1.")
+        if not 1 <= group_size <= num_envs:
+            raise ValueError(f"group_size={group_size}: must be between 1 and num_envs={num_envs}, so that a group's "
+                             "episodes can run side by side; raise n_envs or lower group_size.")
         if env is not None and env_kwargs:
             raise ValueError("pass either env=TextGenEnv(...) or the TextGenEnv arguments, not both.")
         self.env = env.unwrapped if env is not None else TextGenEnv(**env_kwargs)
@@ -63,10 +74,15 @@ class TextGenVecEnv(VecEnv):
         self.stop_ids = np.array(sorted(template.stop_token_ids), dtype=np.int64)
         self.started = False
         self.actions: np.ndarray | None = None
+        self.group_size = group_size
+        self.groups = GroupSchedule(group_size)
+        self.episode_group = np.full(n, -1, dtype=np.int64)  # each env's current episode's group id
 
     # ----- the VecEnv API -----
 
     def reset(self) -> VecEnvObs:
+        if self._seeds[0] is not None:
+            self.groups.seed(self._seeds[0])
         for i in range(self.num_envs):
             if self._seeds[i] is not None:
                 self.rngs[i] = seeding.np_random(self._seeds[i])[0]
@@ -103,6 +119,8 @@ class TextGenVecEnv(VecEnv):
                 infos[i] = {"prompt": self.prompts[i].text, "completion": completion,
                             "num_new_tokens": int(self.num_new_tokens[i]), "TimeLimit.truncated": False,
                             "terminal_observation": self._observation(i)}
+                if self.group_size > 1:
+                    infos[i]["group"] = int(self.episode_group[i])
                 self.reset_infos[i] = self._start_episode(i)
         return self._observations(), rewards, dones, infos
 
@@ -149,9 +167,12 @@ class TextGenVecEnv(VecEnv):
     def _env_get_state(self, i: int) -> dict[str, Any]:
         """Env ``i``'s episode and RNG, in :meth:`TextGenEnv.get_state`'s format (checkpoints mix freely)."""
         k = int(self.num_new_tokens[i])
-        return {"prompt": self.prompts[i], "ids": self.input_ids[i][self.attention_mask[i] == 1].tolist(),
-                "new_ids": self.new_ids[i, :k].tolist(), "done": False, "last_score": float(self.last_score[i]),
-                "rng": self.rngs[i].bit_generator.state}
+        state = {"prompt": self.prompts[i], "ids": self.input_ids[i][self.attention_mask[i] == 1].tolist(),
+                 "new_ids": self.new_ids[i, :k].tolist(), "done": False, "last_score": float(self.last_score[i]),
+                 "rng": self.rngs[i].bit_generator.state}
+        if self.group_size > 1:  # the shared schedule rides along with every env's state
+            state.update(group=int(self.episode_group[i]), groups=self.groups.get_state())
+        return state
 
     def _env_set_state(self, i: int, state: dict[str, Any]) -> None:
         if state["done"]:
@@ -162,6 +183,9 @@ class TextGenVecEnv(VecEnv):
         self.num_new_tokens[i] = len(state["new_ids"])
         self.new_ids[i, : len(state["new_ids"])] = state["new_ids"]
         self.rngs[i].bit_generator.state = state["rng"]
+        if self.group_size > 1:
+            self.episode_group[i] = state["group"]
+            self.groups.set_state(state["groups"])
         self.started = True
 
     def _env_render(self, i: int) -> str | np.ndarray | None:
@@ -170,13 +194,20 @@ class TextGenVecEnv(VecEnv):
     # ----- internals -----
 
     def _start_episode(self, i: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        template = self.env
-        self.prompts[i], prompt_ids = template.start_prompt(self.rngs[i], options)
+        template, info = self.env, {}
+        if self.group_size > 1:
+            if options and "prompt" in options:
+                raise ValueError("reset options={'prompt': ...} with group_size > 1: a group's prompt is drawn for the "
+                                 "whole group; use group_size=1 to choose prompts.")
+            self.episode_group[i], (self.prompts[i], prompt_ids) = self.groups.take(template)
+            info["group"] = int(self.episode_group[i])
+        else:
+            self.prompts[i], prompt_ids = template.start_prompt(self.rngs[i], options)
         place_prompt(self.input_ids[i], self.attention_mask[i], prompt_ids, template.pad_token_id)
         self.num_new_tokens[i] = 0
         if template.reward_mode == "dense":
             self.last_score[i] = template.score([self.prompts[i]], [""])[0]
-        return {"prompt": self.prompts[i].text}
+        return {"prompt": self.prompts[i].text, **info}
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         tokens = np.asarray(actions)
@@ -205,6 +236,37 @@ class TextGenVecEnv(VecEnv):
         if self.prompts[i] is None:
             return None
         return render_text(self.prompts[i].text, self.env.decode(self.new_ids[i, : self.num_new_tokens[i]]), mode)
+
+
+class GroupSchedule:
+    """Hands out prompts in groups: ``group_size`` consecutive episode starts share one prompt and a group id."""
+
+    def __init__(self, group_size: int):
+        self.group_size = group_size
+        self.rng = seeding.np_random()[0]
+        self.next_id = 0  # id of the next group to open
+        self.places_left = 0  # in the open group
+        self.prompt: tuple[Prompt, list[int]] | None = None
+
+    def seed(self, seed: int) -> None:
+        self.rng = seeding.np_random(seed)[0]
+
+    def take(self, env: TextGenEnv) -> tuple[int, tuple[Prompt, list[int]]]:
+        """The group id and (prompt, token ids) of the episode that starts now."""
+        if self.places_left == 0:
+            self.prompt = env.start_prompt(self.rng)
+            self.next_id += 1
+            self.places_left = self.group_size
+        self.places_left -= 1
+        return self.next_id - 1, self.prompt
+
+    def get_state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "next_id": self.next_id, "places_left": self.places_left,
+                "prompt": self.prompt}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.next_id, self.places_left, self.prompt = state["next_id"], state["places_left"], state["prompt"]
 
 
 class BatchedRewardVecEnv(VecEnvWrapper):
@@ -245,17 +307,21 @@ class BatchedRewardVecEnv(VecEnvWrapper):
 
 
 def make_vec_env(n_envs: int = 8, seed: int | None = None, vec_env_cls: type[VecEnv] | None = None,
-                 **env_kwargs: Any) -> VecEnv:
+                 group_size: int = 1, **env_kwargs: Any) -> VecEnv:
     """``n_envs`` TextGen-v0 envs in a ``VecMonitor`` (episode stats), ready for any SB3 algorithm.
 
     By default one :class:`TextGenVecEnv` (all envs stepped together, batched rewards). With ``vec_env_cls``
     (``SubprocVecEnv``, ``DummyVecEnv``) the envs are single ``TextGenEnv``s in that VecEnv, with sparse
     rewards batched by :class:`BatchedRewardVecEnv`; in one process (``DummyVecEnv``) they are shallow
     copies of one env, so prompts are tokenized and the reward loaded once. Env ``i`` is seeded with
-    ``seed + i`` at the first reset in every case.
+    ``seed + i`` at the first reset in every case. ``group_size=G`` makes episodes come in groups of ``G``
+    on one prompt (see :class:`TextGenVecEnv`; GRPO, RLOO); it needs the default ``vec_env_cls``.
     """
     if vec_env_cls is None:
-        venv = TextGenVecEnv(n_envs, **env_kwargs)
+        venv = TextGenVecEnv(n_envs, group_size=group_size, **env_kwargs)
+    elif group_size != 1:
+        raise ValueError(f"group_size={group_size} with vec_env_cls={vec_env_cls.__name__}: groups of one prompt are "
+                         "scheduled by TextGenVecEnv; leave vec_env_cls=None.")
     else:
         if vec_env_cls is DummyVecEnv:
             template = TextGenEnv(**env_kwargs)

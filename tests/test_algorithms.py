@@ -138,7 +138,8 @@ def test_compare_writes_curves_table_and_json(tmp_path):
     (run,) = tmp_path.iterdir()
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (run / "results.md").read_text().splitlines()
-    assert table[0].startswith("| algorithm | reward") and [line.split("|")[1].strip() for line in table[2:]] == ["ppo", "dqn"]
+    assert table[0].startswith("| algorithm | reward")
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["ppo", "dqn"]
     data = json.loads((run / "results.json").read_text())
     assert data["config"]["env_options"] == {"stop_tokens": []} and data["seeds"] == 2
     for algo in ("ppo", "dqn"):

@@ -38,6 +38,26 @@ def test_train_with_a2c_and_options(tmp_path):
     assert config["reward_kwargs"] == {"target": 3} and config["kl_target"] == 2.0
 
 
+def test_train_on_the_arithmetic_env_reports_on_its_held_out_problems(tmp_path):
+    main(["train", "--env", "TextGen-Arithmetic-v0", "--algo", "rloo", "--steps", "256", "--n-steps", "16",
+          "--eval-samples", "1", "--out", str(tmp_path)])
+    (run,) = tmp_path.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["env"] == "TextGen-Arithmetic-v0" and summary["config"]["reward"] == "exact_match"
+    assert summary["after"]["episodes"] == 500  # the 500 held-out problems, once each
+    answer = pipeline("text-generation", model=str(run / "lm"), device="cpu")("12+30=", max_new_tokens=3)
+    assert answer[0]["generated_text"].startswith("12+30=")
+
+
+def test_compare_puts_critic_free_methods_next_to_ppo(tmp_path):
+    main(["compare", "--algos", "ppo,grpo,rloo", "--seeds", "1", "--steps", "512", "--eval-samples", "2",
+          "--out", str(tmp_path)])
+    (out,) = tmp_path.iterdir()
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == ["ppo", "grpo", "rloo"] and all(len(runs) == 1 for runs in results.values())
+    assert "| grpo |" in (out / "results.md").read_text() and (out / "curves.png").exists()
+
+
 def test_bad_cli_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--algo", "sac"])
@@ -46,6 +66,10 @@ def test_bad_cli_arguments_are_refused(capsys):
         main(["train", *FAST, "--reward", "nope"])
     with pytest.raises(ValueError, match="n_epochs do.*not apply to algo='a2c'"):
         main(["train", *COMMON, "--algo", "a2c", "--n-epochs", "2"])
+    with pytest.raises(ValueError, match="group_size=4: only grpo, dr_grpo, rloo"):
+        main(["train", *FAST, "--group-size", "4"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--env", "CartPole-v1"])
 
 
 def test_examples_run_as_written(tmp_path):

@@ -10,7 +10,7 @@ from transformers.utils import logging as hf_logging
 
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.train import BACKENDS, TrainConfig, train
+from agents.runs.train import BACKENDS, TASKS, TrainConfig, train
 
 HELP = {
     "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
@@ -20,8 +20,12 @@ HELP = {
     "num_learners": "rllib: learner processes; 0 learns in this process (default 0)",
     "num_gpus_per_learner": "rllib: GPUs per learner (default 0)",
     "ray_address": "rllib: an existing Ray cluster, e.g. auto or ray://HEAD:10001 (default: a local Ray)",
-    "model": "Hugging Face name or local path of the causal LM (default: the bundled tiny LM)",
-    "reward": "reward name (see lm_gym.REWARDS)",
+    "env": "the task: TextGen-v0 (review sentiment) or TextGen-Arithmetic-v0 (exact answers); it sets the defaults of "
+           "--model, --reward, --max-new-tokens and the prompts",
+    "model": "Hugging Face name or local path of the causal LM (default: the env's bundled LM)",
+    "reward": "reward name (see lm_gym.REWARDS; default: the env's)",
+    "max_new_tokens": "token budget per completion (default: the env's, 16 or 4)",
+    "group_size": "grpo, dr_grpo, rloo: completions sampled per prompt (default 4)",
     "reward_kwargs": 'reward arguments as JSON, e.g. \'{"target": "great"}\'',
     "prompts": "training prompts: a .txt/.jsonl file, or a Hugging Face dataset with --prompt-column",
     "eval_prompts": "held-out prompts for the before/after report (else --eval-split, --eval-fraction, bundled)",
@@ -39,8 +43,9 @@ HELP = {
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
 FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int,
                "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
-               "num_gpus_per_learner": float}
-CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS)}
+               "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int}
+CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS),
+           "env": list(TASKS)}
 
 
 def add_train_parser(commands) -> None:
@@ -54,7 +59,8 @@ def add_train_parser(commands) -> None:
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})"
+        help_text = HELP.get(f.name, f.name.replace('_', ' '))
+        help_text += "" if "default:" in help_text else f" (default: {default})"
         # SUPPRESS: only flags actually given reach the config, so they can override a --config file.
         if f.name in JSON_FIELDS:
             parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help=help_text)
@@ -80,15 +86,16 @@ def add_compare_parser(commands) -> None:
         "compare", help="train several algorithms x seeds on one task; write curves.png, results.md, results.json",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--algos", default="ppo,a2c,maskable_ppo,trpo,dqn",
+    parser.add_argument("--algos", default="ppo,grpo,rloo,reinforce,a2c,maskable_ppo,trpo",
                         help=f"comma-separated; SB3: {', '.join(BACKENDS['sb3'])}; RLlib: rllib_ppo, appo, impala")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8192, help="env steps per run")
     parser.add_argument("--every", type=int, default=None, help="env steps between learning-curve points")
+    parser.add_argument("--env", default="TextGen-v0", choices=list(TASKS), help=HELP["env"])
     parser.add_argument("--model", default=None, help=HELP["model"])
-    parser.add_argument("--reward", default="sentiment", help=HELP["reward"])
+    parser.add_argument("--reward", default=None, help=HELP["reward"])
     parser.add_argument("--reward-kwargs", type=json.loads, default={}, help=HELP["reward_kwargs"])
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=HELP["max_new_tokens"])
     parser.add_argument("--env-kwargs", type=json.loads, default={},
                         help='any other TextGenEnv arguments as JSON, e.g. \'{"stop_tokens": []}\'')
     parser.add_argument("--kl-coef", type=float, default=0.0, help="KL shaping for the on-policy algorithms")
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)
     elif args.command == "compare":
         rllib = {name: getattr(args, name) for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address")}
-        base = TrainConfig(model=args.model, reward=args.reward, reward_kwargs=args.reward_kwargs,
+        base = TrainConfig(env=args.env, model=args.model, reward=args.reward, reward_kwargs=args.reward_kwargs,
                            max_new_tokens=args.max_new_tokens, steps=args.steps, n_envs=args.n_envs,
                            kl_coef=args.kl_coef, device=args.device, eval_samples=args.eval_samples, out=args.out,
                            env_options=args.env_kwargs, **rllib)

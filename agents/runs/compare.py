@@ -1,4 +1,4 @@
-"""Compare RL algorithms on one TextGen-v0 task: learning curves (PNG), a markdown table and raw JSON."""
+"""Compare RL algorithms on one task (TextGen-v0, TextGen-Arithmetic-v0): curves (PNG), markdown table, raw JSON."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def compare(algos: Sequence[str], seeds: int, base: TrainConfig, every: int | No
                                                   "results": results}, indent=2))
     table = markdown_table(results)
     (out / "results.md").write_text(table + "\n")
-    plot_curves(results, out / "curves.png", title=f"TextGen-v0, reward={base.reward!r}, {seeds} seeds")
+    plot_curves(results, out / "curves.png", title=f"{base.env}, reward={base.reward!r}, {seeds} seeds")
     console.print(table)
     console.print(f"wrote {out}/curves.png, {out}/results.md, {out}/results.json")
     return out

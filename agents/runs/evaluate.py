@@ -40,7 +40,7 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
             raise CheckpointError(f"{run} has neither {saved} nor a checkpoint to evaluate.")
         weights = checkpoints[-1] / saved
     eval_env, _, held_out = make_eval_env(config)
-    texts = [p.text for p in load_prompts(prompts)] if prompts is not None else held_out
+    texts = load_prompts(prompts) if prompts is not None else held_out
     if config.backend == "rllib":
         from agents.runs.rllib_backend import load_module
 

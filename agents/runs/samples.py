@@ -12,6 +12,7 @@ from torch import nn
 
 from agents.lm.kv_cache import RolloutKVCache
 from lm_gym.env import TextGenEnv
+from lm_gym.prompts import Prompt
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Episode:
 def sample_episodes(
     policy: nn.Module,
     env: TextGenEnv,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Prompt],
     samples_per_prompt: int = 1,
     reference: nn.Module | None = None,
     deterministic: bool = False,
@@ -38,7 +39,8 @@ def sample_episodes(
     """Run one episode per (prompt, sample), batching the policy call across all running episodes.
 
     ``policy``: anything with ``token_distribution(obs) -> Categorical``: every lm-gym policy of either
-    backend (SB3's actor-critic and Q policies, RLlib's module).
+    backend (SB3's actor-critic and Q policies, RLlib's module). ``prompts``: texts, or :class:`lm_gym.Prompt`
+    records whose references the reward needs (``exact_match``, ``rouge``, ``bleu``).
     """
     base = env.unwrapped
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
@@ -49,7 +51,7 @@ def sample_episodes(
         chunk = jobs[start : start + batch_size]
         # Shallow copies share the tokenizer, reward and prompt list; reset() gives each its own episode state.
         envs = [copy.copy(base) for _ in chunk]
-        resets = [e.reset(options={"prompt": prompt}) for e, prompt in zip(envs, chunk)]
+        resets = [e.reset(options=_reset_options(prompt)) for e, prompt in zip(envs, chunk)]
         obs = [o for o, _ in resets]
         seen = [info["prompt"] for _, info in resets]  # what the LM saw (truncate_prompts may cut it)
         returns, kls, done = np.zeros(len(chunk)), np.zeros(len(chunk)), np.zeros(len(chunk), dtype=bool)
@@ -73,6 +75,12 @@ def sample_episodes(
             episodes.append(Episode(seen[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens,
                                     float(ref_totals[i]), e.stopped))
     return episodes
+
+
+def _reset_options(prompt: str | Prompt) -> dict:
+    if isinstance(prompt, Prompt):
+        return {"prompt": prompt.text, "references": prompt.references}
+    return {"prompt": prompt}
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,13 +27,34 @@ from agents.runs.progress import progress_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
 from agents.sb3.algorithms import ALGORITHMS
+from lm_gym.arithmetic import ARITHMETIC_MODEL, arithmetic_problems
 from lm_gym.env import TextGenEnv
-from lm_gym.prompts import HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
+from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
 
 # The algorithms of each backend (agents.sb3.ALGORITHMS; agents.rllib.RLLIB_ALGORITHMS, named here so that the
 # CLI works without Ray installed). lm-gym compare names RLlib's PPO "rllib_ppo" to tell it from SB3's.
 BACKENDS = {"sb3": tuple(ALGORITHMS), "rllib": ("ppo", "appo", "impala")}
 RLLIB_ONLY = ("num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner", "ray_address")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What an env id brings to a run: its LM, reward, token budget and (training, held-out) prompts, used
+    wherever the config leaves them unset."""
+
+    model: str | None  # None: the bundled tiny LM
+    reward: str
+    max_new_tokens: int
+    train_prompts: Callable[[], list[Prompt]]
+    held_out_prompts: Callable[[], list[Prompt]]
+
+
+TASKS = {
+    "TextGen-v0": Task(None, "sentiment", 16, lambda: load_prompts(DEFAULT_PROMPTS),
+                       lambda: load_prompts(HELDOUT_PROMPTS)),
+    "TextGen-Arithmetic-v0": Task(str(ARITHMETIC_MODEL), "exact_match", 4, lambda: arithmetic_problems("train"),
+                                  lambda: arithmetic_problems("test")),
+}
 
 
 def resolve_algorithm(name: str) -> tuple[str, str]:
@@ -52,8 +74,9 @@ class TrainConfig:
     """Everything that defines a run. CLI flags and YAML keys map one to one onto these fields."""
 
     algo: str = "ppo"
-    model: str | None = None  # Hugging Face name or path; None: the bundled tiny LM
-    reward: str = "sentiment"
+    env: str = "TextGen-v0"  # the task: a key of TASKS; it fills in model, reward, max_new_tokens and prompts
+    model: str | None = None  # Hugging Face name or path; None: the env's bundled LM
+    reward: str | None = None  # None: the env's ("sentiment"; "exact_match" for TextGen-Arithmetic-v0)
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None  # .txt/.jsonl path, or a dataset name/path with prompt_column; None: bundled
     eval_prompts: str | None = None  # held-out prompts (same kinds); see prompt_sets()
@@ -62,7 +85,7 @@ class TrainConfig:
     split: str = "train"
     eval_split: str | None = None  # held-out split of the same dataset, e.g. "test"
     eval_fraction: float | None = None  # else: hold out this fraction of `prompts` (seeded by `seed`)
-    max_new_tokens: int = 16
+    max_new_tokens: int | None = None  # None: the env's (16; 4 for TextGen-Arithmetic-v0)
     steps: int = 49_152
     n_envs: int = 8
     # Algorithm hyperparameters: None keeps the algorithm's default (agents.sb3.algorithms.ALGORITHMS).
@@ -70,6 +93,7 @@ class TrainConfig:
     n_steps: int | None = None  # env steps per env per rollout (on-policy)
     batch_size: int | None = None
     n_epochs: int | None = None  # PPO, MaskablePPO
+    group_size: int | None = None  # grpo, dr_grpo, rloo: completions per prompt (None: the algorithm's, 4)
     kl_coef: float = 0.05  # on-policy algorithms
     kl_target: float | None = None  # nats per episode; None keeps kl_coef fixed
     lora: dict[str, Any] | None = None  # peft LoraConfig arguments, e.g. {"r": 8, "lora_alpha": 16}
@@ -90,6 +114,18 @@ class TrainConfig:
     num_gpus_per_learner: float | None = None  # rllib (default 0)
     ray_address: str | None = None  # rllib: an existing Ray cluster ("auto", "ray://host:10001"); default: local
 
+    def __post_init__(self) -> None:
+        if self.env not in TASKS:
+            raise ValueError(f"env={self.env!r}: choose one of {list(TASKS)}.")
+        task = TASKS[self.env]
+        self.reward = task.reward if self.reward is None else self.reward
+        self.max_new_tokens = task.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
+
+    @property
+    def lm(self) -> str | None:
+        """The LM to train: ``model``, else the env's bundled one (``None``: the bundled tiny LM)."""
+        return TASKS[self.env].model if self.model is None else self.model
+
     def validate(self) -> None:
         """Refuse a backend, algorithm or option that does not fit, naming the fix."""
         if self.backend not in BACKENDS:
@@ -99,6 +135,11 @@ class TrainConfig:
             other = next((b for b, names in BACKENDS.items() if self.algo in names), None)
             hint = f" algo={self.algo!r} is an {other} algorithm: add --backend {other}." if other else ""
             raise ValueError(f"algo={self.algo!r}: backend {self.backend!r} trains {sorted(algorithms)}.{hint}")
+        if self.group_size is not None:
+            grouped = [name for name, spec in ALGORITHMS.items() if spec.group_size > 1]
+            if self.backend != "sb3" or self.algo not in grouped:
+                raise ValueError(f"group_size={self.group_size}: only {', '.join(grouped)} sample groups of "
+                                 "completions per prompt; drop group_size.")
         if self.backend == "sb3":
             given = [f.name for f in dataclasses.fields(self) if f.name in RLLIB_ONLY and getattr(self, f.name) is not None]
             if given:
@@ -125,25 +166,27 @@ class TrainConfig:
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
 
-    def _prompts(self, source: str | None, split: str) -> list[Prompt]:
+    def _prompts(self, source: str, split: str) -> list[Prompt]:
         if self.prompt_column is not None:
             return dataset_prompts(source, self.prompt_column, split, self.references_column)
         return load_prompts(source)
 
     def prompt_sets(self) -> tuple[list[Prompt], list[Prompt]]:
-        """(training, held-out) prompts. Held out: ``eval_prompts``, else ``eval_split`` of the dataset, else
-        ``eval_fraction`` of ``prompts``, else the bundled held-out review openings."""
-        train = self._prompts(self.prompts, self.split)
+        """(training, held-out) prompts. Training: ``prompts``, else the env's. Held out: ``eval_prompts``, else
+        ``eval_split`` of the dataset, else ``eval_fraction`` of ``prompts``, else the env's held-out set (the
+        bundled review openings; the 500 test problems of TextGen-Arithmetic-v0)."""
+        task = TASKS[self.env]
+        train = task.train_prompts() if self.prompts is None else self._prompts(self.prompts, self.split)
         if self.eval_prompts is not None:
             return train, self._prompts(self.eval_prompts, self.eval_split or self.split)
         if self.eval_split is not None:
             return train, self._prompts(self.prompts, self.eval_split)
         if self.eval_fraction is not None:
             return split_prompts(train, self.eval_fraction, seed=self.seed)
-        return train, load_prompts(HELDOUT_PROMPTS)
+        return train, task.held_out_prompts()
 
     def env_kwargs(self) -> dict[str, Any]:
-        return dict(model=self.model, reward=self.reward, reward_kwargs=self.reward_kwargs,
+        return dict(model=self.lm, reward=self.reward, reward_kwargs=self.reward_kwargs,
                     max_new_tokens=self.max_new_tokens, **self.env_options)
 
     def algorithm_kwargs(self) -> dict[str, Any]:
@@ -166,14 +209,14 @@ def new_run_dir(base: str | Path, name: str) -> Path:
     raise FileExistsError(f"could not create a new run directory under {base}")
 
 
-def make_eval_env(config: TrainConfig) -> tuple[TextGenEnv, list[Prompt], list[str]]:
-    """The single env that samples held-out completions, the training prompts and the held-out prompt texts.
+def make_eval_env(config: TrainConfig) -> tuple[TextGenEnv, list[Prompt], list[Prompt]]:
+    """The single env that samples held-out completions, the training prompts and the held-out prompts.
 
     It knows both prompt sets, so its observation window (which the training envs reuse) fits both.
     """
     train_prompts, held_out = config.prompt_sets()
     eval_env = TextGenEnv(**{**config.env_kwargs(), "prompts": train_prompts + held_out})
-    return eval_env, train_prompts, [p.text for p in held_out]
+    return eval_env, train_prompts, held_out
 
 
 def make_trainer(config: TrainConfig, eval_env: TextGenEnv, train_prompts: list[Prompt], run_dir: Path | None,
@@ -228,8 +271,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
             return summarize(episodes), episodes
 
         done = trainer.num_timesteps
-        console.print(f"[bold]lm-gym train[/bold]: {config.backend} {config.algo} on TextGen-v0, "
-                      f"reward={config.reward!r}, model={config.model or 'bundled tiny LM'}, {config.steps} steps on "
+        console.print(f"[bold]lm-gym train[/bold]: {config.backend} {config.algo} on {config.env}, "
+                      f"reward={config.reward!r}, model={config.model or 'bundled'}, {config.steps} steps on "
                       f"{trainer.device} -> {run_dir}" + (f" (resuming at step {done})" if resume is not None else ""))
         if resume is None:
             before, before_episodes = evaluate()

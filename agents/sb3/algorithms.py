@@ -1,7 +1,9 @@
 """The algorithms lm-gym trains on TextGen-v0, each through its stock SB3 / sb3-contrib class.
 
 ``make_algorithm("ppo", env, ...)`` builds one with the policy, buffer and defaults that suit an LM.
-Hyperparameters are named once, here.
+Hyperparameters are named once, here. The critic-free ones (``grpo``, ``dr_grpo``, ``rloo``, ``reinforce``)
+are stock ``PPO`` too; they train on ``lm_gym.make_vec_env(group_size=spec.group_size)`` with
+``GroupAdvantageCallback(spec.advantage)`` (``lm-gym train`` does both).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class AlgorithmSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)  # algorithm arguments
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     on_policy: bool = True  # rollouts + KLPenaltyCallback apply
+    advantage: str | None = None  # a critic-free estimator (GroupAdvantageCallback); None: the algorithm's own
+    group_size: int = 1  # completions per prompt in the env (lm_gym.make_vec_env(group_size=...))
 
     @property
     def learning_rate(self) -> float:
@@ -39,6 +43,11 @@ ON_POLICY = dict(n_steps=64, gamma=1.0, gae_lambda=0.95, learning_rate=1e-4)
 OFF_POLICY = dict(buffer_size=20_000, learning_starts=256, batch_size=64, train_freq=4, gradient_steps=1,
                   target_update_interval=500, exploration_initial_eps=0.0, exploration_final_eps=0.0, gamma=1.0,
                   learning_rate=1e-5)
+
+# Critic-free PPO (GroupAdvantageCallback): no value loss, the estimator's own advantage scale, and rollouts
+# several episodes long, since episodes cut at a rollout's edges do not count (see agents.sb3.group_advantages).
+CRITIC_FREE = dict(ON_POLICY, batch_size=128, n_epochs=4, vf_coef=0.0, normalize_advantage=False,
+                   rollout_buffer_class=EpisodeRolloutBuffer)
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec(PPO, LMActorCriticPolicy, dict(ON_POLICY, batch_size=128, n_epochs=4,
@@ -56,6 +65,10 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "trpo": AlgorithmSpec(TRPO, LMActorCriticPolicy, dict(ON_POLICY, batch_size=128, learning_rate=1e-3,
                                                           target_kl=0.02, rollout_buffer_class=EpisodeRolloutBuffer),
                           dict(attn_implementation="eager", shared_critic=False)),
+    "grpo": AlgorithmSpec(PPO, LMActorCriticPolicy, CRITIC_FREE, advantage="grpo", group_size=4),
+    "dr_grpo": AlgorithmSpec(PPO, LMActorCriticPolicy, CRITIC_FREE, advantage="dr_grpo", group_size=4),
+    "rloo": AlgorithmSpec(PPO, LMActorCriticPolicy, CRITIC_FREE, advantage="rloo", group_size=4),
+    "reinforce": AlgorithmSpec(PPO, LMActorCriticPolicy, CRITIC_FREE, advantage="reinforce"),
     "dqn": AlgorithmSpec(DQN, LMDQNPolicy, dict(OFF_POLICY), on_policy=False),
     "qrdqn": AlgorithmSpec(QRDQN, LMQRDQNPolicy, dict(OFF_POLICY), dict(n_quantiles=16), on_policy=False),
 }
