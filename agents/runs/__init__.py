@@ -1,0 +1,2 @@
+"""The run layer: `lm-gym train`/`evaluate`/`compare`, their run directories, checkpoints and held-out samples,
+for either backend."""

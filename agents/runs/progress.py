@@ -1,0 +1,74 @@
+"""What watches a training run, whatever the backend: observers called as env steps accumulate.
+
+An observer is ``observer(num_timesteps, returns)``: the env steps so far and the returns of the episodes that
+finished since the last call. The SB3 trainer calls it every step, the RLlib trainer every iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from stable_baselines3.common.callbacks import BaseCallback
+
+Observer = Callable[[int, Sequence[float]], None]
+
+
+class LearningCurve:
+    """Every ``every`` env steps, records ``(steps, seconds, mean return of the episodes finished since)``."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.points: list[tuple[int, float, float]] = []
+        self._returns: list[float] = []
+        self.start: float | None = None
+        self.next_point = every
+
+    def __call__(self, num_timesteps: int, returns: Sequence[float]) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        self._returns.extend(returns)
+        if num_timesteps >= self.next_point and self._returns:
+            self.points.append((num_timesteps, time.perf_counter() - self.start, float(np.mean(self._returns))))
+            self._returns, self.next_point = [], num_timesteps + self.every
+
+
+class LearningCurveCallback(BaseCallback):
+    """The same record for a stock SB3 ``model.learn(callback=...)``; ``report(num_timesteps)`` shows progress."""
+
+    def __init__(self, every: int, report: Callable[[int], None] | None = None):
+        super().__init__()
+        self.curve, self.report = LearningCurve(every), report
+
+    @property
+    def points(self) -> list[tuple[int, float, float]]:
+        return self.curve.points
+
+    def _on_step(self) -> bool:
+        # VecMonitor puts {"r", "l", "t"} into the info of each env whose episode just ended.
+        self.curve(self.num_timesteps, [float(info["episode"]["r"]) for info in self.locals["infos"] if "episode" in info])
+        if self.report is not None:
+            self.report(self.num_timesteps)
+        return True
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, total: int, done: int = 0, description: str = "training") -> Iterator[Observer]:
+    """A progress bar over env steps, with the mean return of recent episodes; yields its observer."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[reward]}"))
+    recent: list[float] = []
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, completed=done, reward="")
+
+        def observe(num_timesteps: int, returns: Sequence[float]) -> None:
+            recent.extend(returns)
+            del recent[:-100]
+            reward = f"episode reward {np.mean(recent):+.3f}" if recent else ""
+            progress.update(task, completed=min(num_timesteps, total), reward=reward)
+
+        yield observe

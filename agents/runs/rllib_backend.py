@@ -1,0 +1,168 @@
+"""The RLlib side of a run: Ray (local or a cluster), RLlib's PPO/APPO/IMPALA with LMRLModule, checkpoints, resume.
+
+Needs ``pip install "lm-gym[rllib]"``; imported only when a run asks for ``backend="rllib"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
+from agents.runs.checkpoints import CheckpointError, atomic_checkpoint
+from agents.runs.progress import Observer
+from lm_gym.env import TextGenEnv
+from lm_gym.prompts import Prompt
+
+if TYPE_CHECKING:
+    from agents.runs.train import TrainConfig
+
+DEFAULT_ENV_RUNNERS = 2
+LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
+                       "kl/penalty_per_episode")
+MODULE_IN_CHECKPOINT = Path("learner_group", "learner", "rl_module", DEFAULT_MODULE_ID)
+
+
+class RLlibTrainer:
+    """Builds (or restores) RLlib's ``config.algo`` with :class:`agents.rllib.LMRLModule` and trains it.
+
+    Ray: ``config.ray_address`` joins an existing cluster; otherwise a local Ray is started with this machine's
+    CPUs (and GPUs), unless one is already running in this process. Resources are checked before anything is
+    built. The policy used for held-out reports and the Hugging Face export is the learner's module.
+    """
+
+    final_files = ("algorithm",)
+
+    def __init__(self, config: TrainConfig, eval_env: TextGenEnv, train_prompts: list[Prompt], run_dir: Path | None,
+                 resume_from: Path | None = None):
+        self.config, self.run_dir = config, run_dir
+        logging.getLogger("ray.rllib").setLevel(logging.ERROR)  # RLlib's notes on its own API migration
+        self.started_ray = start_ray(config.ray_address)
+        resources = ray.cluster_resources()
+        runners = rllib_resources(config, resources.get("GPU", 0))
+        check_resources(config.algo, runners["num_env_runners"], runners["num_learners"],
+                        runners["num_gpus_per_learner"], resources.get("CPU", 0), resources.get("GPU", 0))
+        if resume_from is not None:
+            register_text_gen_env()  # a fresh process: the checkpoint names the env, Ray must know its creator
+            try:
+                self.algorithm = Algorithm.from_checkpoint(str((resume_from / "algorithm").resolve()))
+            except Exception as error:  # RLlib raises many kinds: name the checkpoint and the way out
+                raise CheckpointError(f"cannot resume from {resume_from}: {type(error).__name__}: {error}. The "
+                                      "checkpoint is corrupted or was made with another configuration; delete it "
+                                      "to resume from the one before, or start a new run.") from error
+        else:
+            env_config = {**config.env_kwargs(), "prompts": train_prompts,
+                          "max_prompt_tokens": eval_env.max_prompt_tokens}
+            model_config = {k: v for k, v in (("model", config.lm), ("lora", config.lora), ("dtype", config.dtype),
+                                              ("autocast_dtype", config.autocast_dtype)) if v is not None}
+            algorithm_config = rllib_config(
+                config.algo, env_config, model_config, seed=config.seed, kl_coef=config.kl_coef,
+                kl_target=config.kl_target, **runners,
+                **{k: v for k, v in config.algorithm_kwargs().items() if k != "policy_kwargs"})
+            try:
+                self.algorithm = algorithm_config.build_algo()
+            except Exception:
+                # RLlib builds the module in its env runners first; their error reaches us as an unrelated one
+                # (an IndexError in get_spaces). Building it here raises the real one (model, window, LoRA...).
+                LMRLModule(observation_space=eval_env.observation_space, action_space=eval_env.action_space,
+                           model_config=model_config)
+                raise
+        policy = self.policy
+        self.reference = policy.load_reference_model()
+        self.device = str(next(policy.parameters()).device)
+        self.resumed = resume_from is not None
+        self.notes: list[str] = []
+        self._steps = int(self.algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+
+    @property
+    def policy(self) -> RLModule:
+        """The learners' module as it is now, on the driver (see :func:`agents.rllib.trained_module`)."""
+        return trained_module(self.algorithm)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._steps
+
+    def learn(self, total_steps: int, observers: Sequence[Observer] = ()) -> None:
+        """Run training iterations until ``total_steps`` env steps have been sampled; checkpoint on the way."""
+        every = self.config.checkpoint_every if self.run_dir is not None else 0
+        next_checkpoint = (self._steps // every + 1) * every if every else None
+        start = time.perf_counter()
+        while self._steps < total_steps:
+            result = self.algorithm.train()
+            runners = result.get("env_runners", {})
+            self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))
+            returns = [float(runners["episode_return_mean"])] if runners.get("num_episodes", 0) else []
+            for observer in observers:
+                observer(self._steps, returns)
+            if self.run_dir is not None:
+                self._log(result, time.perf_counter() - start)
+            if next_checkpoint is not None and self._steps >= next_checkpoint:
+                with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
+                    self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
+                next_checkpoint = (self._steps // every + 1) * every
+
+    def _log(self, result: dict[str, Any], seconds: float) -> None:
+        """One line of ``RUN/metrics.jsonl`` per iteration: steps, time, episode return, losses, KL."""
+        runners = result.get("env_runners", {})
+        learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
+        line = {"num_env_steps": self._steps, "seconds": round(seconds, 3),
+                "episode_return_mean": runners.get("episode_return_mean"),
+                **{key: learner[key] for key in LOGGED_LEARNER_KEYS if key in learner}}
+        with open(self.run_dir / "metrics.jsonl", "a") as out:
+            out.write(json.dumps({k: (float(v) if v is not None else None) for k, v in line.items()}) + "\n")
+
+    def save(self, run_dir: Path) -> None:
+        self.algorithm.save_to_path(str((run_dir / "algorithm").resolve()))
+
+    def close(self) -> None:
+        self.algorithm.stop()
+        if self.started_ray:
+            ray.shutdown()
+
+
+def rllib_resources(config: TrainConfig, cluster_gpus: float) -> dict[str, Any]:
+    """Env runners, envs per runner (``n_envs`` spread over the runners by default), learners and their GPUs.
+
+    Without ``num_gpus_per_learner``, ``device`` decides: ``"cuda"`` puts each learner on a GPU, ``"auto"`` does
+    when the cluster has one for every learner, ``"cpu"`` never does.
+    """
+    runners = DEFAULT_ENV_RUNNERS if config.num_env_runners is None else config.num_env_runners
+    per_runner = config.num_envs_per_env_runner or max(1, config.n_envs // max(1, runners))
+    learners = config.num_learners or 0
+    gpus = config.num_gpus_per_learner
+    if gpus is None:
+        gpus = 1 if config.device == "cuda" or (config.device == "auto" and cluster_gpus >= max(1, learners)) else 0
+    return dict(num_env_runners=runners, num_envs_per_env_runner=per_runner, num_learners=learners,
+                num_gpus_per_learner=gpus)
+
+
+def start_ray(address: str | None) -> bool:
+    """Join ``address`` or start a local Ray sized to this machine; False when Ray was already running here."""
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    return True
+
+
+def load_module(checkpoint: Path) -> RLModule:
+    """The trained LMRLModule from an RLlib run's ``algorithm/`` or ``checkpoints/step-N/algorithm/``, without
+    starting Ray."""
+    path = Path(checkpoint) / MODULE_IN_CHECKPOINT
+    if not path.is_dir():
+        raise CheckpointError(f"{checkpoint} holds no RLlib module ({MODULE_IN_CHECKPOINT} is missing).")
+    return RLModule.from_checkpoint(str(path.resolve()))

@@ -1,0 +1,105 @@
+"""The SB3 side of a run: the stock algorithm on lm_gym.make_vec_env, KL shaping, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.runs.checkpoints import CheckpointCallback, load_checkpoint
+from agents.runs.progress import Observer
+from agents.sb3.algorithms import ALGORITHMS, make_algorithm
+from agents.sb3.group_advantages import GroupAdvantageCallback
+from agents.sb3.kl import KLPenaltyCallback
+from agents.sb3.sample_logging import SampleLogCallback
+from lm_gym.env import TextGenEnv
+from lm_gym.prompts import Prompt
+from lm_gym.vector import make_vec_env
+
+if TYPE_CHECKING:
+    from agents.runs.train import TrainConfig
+
+class SB3Trainer:
+    """Builds (or, from a checkpoint, restores) ``config.algo`` on ``config.n_envs`` TextGen envs and trains it.
+
+    ``run_dir=None`` trains without TensorBoard logs or checkpoints (``lm-gym compare``).
+    """
+
+    final_files = ("model.zip",)
+
+    def __init__(self, config: TrainConfig, eval_env: TextGenEnv, train_prompts: list[Prompt], run_dir: Path | None,
+                 resume_from: Path | None = None):
+        self.config, self.run_dir = config, run_dir
+        spec = ALGORITHMS[config.algo]
+        # The eval env's reward object is shared: a classifier reward then sits in memory once.
+        self.vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
+                                    group_size=config.group_size or spec.group_size, **{**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None,
+                                       "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens})
+        self.kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target) if spec.on_policy else None
+        self.advantage = GroupAdvantageCallback(spec.advantage) if spec.advantage else None
+        if resume_from is not None:
+            self.algorithm = load_checkpoint(resume_from, spec.cls, self.vec_env, device=config.device, kl=self.kl)
+        else:
+            tensorboard = _tensorboard_dir(run_dir) if run_dir is not None else None
+            self.algorithm = make_algorithm(config.algo, self.vec_env, model=config.lm, seed=config.seed,
+                                            device=config.device, tensorboard_log=tensorboard,
+                                            **config.algorithm_kwargs())
+        self.policy = self.algorithm.policy
+        self.reference = self.policy.load_reference_model()
+        if self.kl is not None:
+            self.kl.reference = self.reference
+        self.resumed = resume_from is not None
+        self.device = str(self.policy.device)
+        self.notes = [] if spec.on_policy else [
+            f"KL shaping applies to on-policy algorithms; {config.algo} trains on the task reward alone (its KL "
+            "to the initial LM is still reported)."]
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.algorithm.num_timesteps
+
+    def learn(self, total_steps: int, observers: Sequence[Observer] = (), callbacks: Sequence[BaseCallback] = ()
+              ) -> None:
+        """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks."""
+        own: list[BaseCallback] = [ObserverCallback(observers)]
+        if self.run_dir is not None:
+            own.append(SampleLogCallback(self.config.log_samples))
+        if self.kl is not None and (self.config.kl_coef > 0 or self.config.kl_target is not None):
+            own.append(self.kl)
+        if self.advantage is not None:  # after KL shaping, whose GAE it replaces
+            own.append(self.advantage)
+        if self.run_dir is not None and self.config.checkpoint_every:
+            own.append(CheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl))
+        self.algorithm.learn(total_timesteps=total_steps - self.num_timesteps, callback=[*own, *callbacks],
+                             reset_num_timesteps=not self.resumed, tb_log_name="train")
+
+    def save(self, run_dir: Path) -> None:
+        self.algorithm.save(run_dir / "model.zip")
+
+    def close(self) -> None:
+        self.vec_env.close()
+
+
+class ObserverCallback(BaseCallback):
+    """Calls each observer after every env step with the step count and the returns of episodes just finished."""
+
+    def __init__(self, observers: Sequence[Observer]):
+        super().__init__()
+        self.observers = observers
+
+    def _on_step(self) -> bool:
+        # VecMonitor puts {"r", "l", "t"} into the info of each env whose episode just ended.
+        returns = [float(info["episode"]["r"]) for info in self.locals["infos"] if "episode" in info]
+        for observer in self.observers:
+            observer(self.num_timesteps, returns)
+        return True
+
+
+def _tensorboard_dir(run_dir: Path) -> str | None:
+    try:
+        import tensorboard  # noqa: F401  (SB3 writes TensorBoard events only when it is installed)
+    except ImportError:
+        return None
+    return str(run_dir / "tensorboard")
