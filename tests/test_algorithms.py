@@ -8,7 +8,7 @@ import torch
 from sb3_contrib import MaskablePPO
 
 import lm_gym
-from agents import LMActorCriticPolicy, MaskableEpisodeRolloutBuffer, sample_episodes, summarize
+from agents import GroupAdvantageCallback, LMActorCriticPolicy, MaskableEpisodeRolloutBuffer, sample_episodes, summarize
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.runs.cli import main
 
@@ -16,16 +16,20 @@ SMALL = {  # a few updates each, on short episodes
     "ppo": dict(n_steps=16, batch_size=32), "a2c": dict(n_steps=8), "maskable_ppo": dict(n_steps=16, batch_size=32),
     "trpo": dict(n_steps=16, batch_size=32), "dqn": dict(learning_starts=16, batch_size=16),
     "qrdqn": dict(learning_starts=16, batch_size=16),
+    **{name: dict(n_steps=16, batch_size=32) for name in ("grpo", "dr_grpo", "rloo", "reinforce")},
 }
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_trains_through_its_stock_class_and_round_trips_save_load(algo, tmp_path):
-    env = lm_gym.make_vec_env(2, seed=0, max_new_tokens=4)
+    spec = ALGORITHMS[algo]
+    env = lm_gym.make_vec_env(2, seed=0, group_size=min(spec.group_size, 2), max_new_tokens=4)
     model = make_algorithm(algo, env, seed=0, device="cpu", **SMALL[algo])
-    assert type(model) is ALGORITHMS[algo].cls
+    assert type(model) is spec.cls
+    # The critic-free ones are stock PPO plus the callback that sets their advantages.
+    callbacks = lambda: [GroupAdvantageCallback(spec.advantage)] if spec.advantage else []  # noqa: E731
     weights = [p.detach().clone() for p in model.policy.parameters()]
-    model.learn(96)
+    model.learn(96, callback=callbacks())
     assert any(not torch.equal(w, p) for w, p in zip(weights, model.policy.parameters())), "nothing was trained"
     obs = env.reset()
     predict = {"action_masks": np.stack(env.env_method("action_masks"))} if algo == "maskable_ppo" else {}
@@ -33,7 +37,7 @@ def test_trains_through_its_stock_class_and_round_trips_save_load(algo, tmp_path
     model.save(tmp_path / "model.zip")
     loaded = ALGORITHMS[algo].cls.load(tmp_path / "model.zip", env=env, device="cpu")
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True, **predict)[0], before)
-    loaded.learn(32, reset_num_timesteps=False)  # training continues
+    loaded.learn(32, reset_num_timesteps=False, callback=callbacks())  # training continues
     assert model.policy.save_pretrained(tmp_path / "lm").joinpath("model.safetensors").exists()
 
 
