@@ -141,7 +141,7 @@ def test_critic_free_methods_leave_the_value_head_untrained():
 @pytest.mark.parametrize("algo, group_size, setting, message", [
     ("grpo", 1, {}, r"group_size=G\), G >= 2"),
     ("grpo", 4, {"reward_mode": "dense"}, "reward_mode='sparse'"),
-    ("grpo", 4, {"n_steps": 4}, r"n_steps=4 < 2 x max_new_tokens=4"),
+    ("grpo", 4, {"n_steps": 4, "batch_size": 16}, r"n_steps=4 < 2 x max_new_tokens=4"),
     ("reinforce", 1, {"vf_coef": 0.5}, "vf_coef=0.0"),
     ("rloo", 4, {"normalize_advantage": True}, "normalize_advantage=False"),
 ])

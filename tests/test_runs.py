@@ -85,7 +85,8 @@ def test_models_saved_by_lm_gym_0_1_still_load(tmp_path):
 
 
 def test_checkpoints_are_atomic_and_never_overwritten(tmp_path):
-    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=8, device="cpu")
+    model = PPO(LMActorCriticPolicy, lm_gym.make_vec_env(2, seed=0, max_new_tokens=4), n_steps=8, batch_size=16,
+                device="cpu")
     model.learn(16)
     (tmp_path / ".step-000000016.partial").mkdir()  # left by a crash mid-save: replaced, never listed
     path = save_checkpoint(model, tmp_path)
@@ -262,6 +263,8 @@ def test_sample_completions_reach_the_logger_as_text():
     assert texts and texts[0].startswith("| prompt | completion | reward |") and texts[0].count("\n") == 3
 
 
+# The recipe's minibatch of 256 is sized for its real rollout; the stand-in run's rollout is 32 steps.
+@pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")
 def test_hub_recipe_runs_unchanged_on_local_stand_ins(tmp_path, classifier_dir):
     """examples/hub_recipe.py with its hub names swapped for local paths: GPT-2 -> the bundled tiny GPT-2
     (a local directory), DistilBERT-IMDB -> a tiny POSITIVE/NEGATIVE classifier, IMDB -> a saved dataset of
