@@ -34,9 +34,10 @@ class SB3Trainer:
         self.config, self.run_dir = config, run_dir
         spec = ALGORITHMS[config.algo]
         # The eval env's reward object is shared: a classifier reward then sits in memory once.
+        env_kwargs = {**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None, "prompts": train_prompts,
+                      "max_prompt_tokens": eval_env.max_prompt_tokens}
         self.vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
-                                    group_size=config.group_size or spec.group_size, **{**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None,
-                                       "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens})
+                                    group_size=config.group_size or spec.group_size, **env_kwargs)
         self.kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target) if spec.on_policy else None
         self.advantage = GroupAdvantageCallback(spec.advantage) if spec.advantage else None
         if resume_from is not None:
