@@ -58,6 +58,17 @@ def test_compare_puts_critic_free_methods_next_to_ppo(tmp_path):
     assert "| grpo |" in (out / "results.md").read_text() and (out / "curves.png").exists()
 
 
+def test_env_flag_fills_what_a_config_file_leaves_unset(tmp_path, monkeypatch):
+    import agents.runs.cli as cli
+
+    (tmp_path / "c.yaml").write_text("steps: 64\nkl_coef: 0.1\n")
+    configs = []
+    monkeypatch.setattr(cli, "train", lambda config=None, **_: configs.append(config))
+    main(["train", "--config", str(tmp_path / "c.yaml"), "--env", "TextGen-Arithmetic-v0"])
+    (config,) = configs
+    assert (config.reward, config.max_new_tokens, config.steps, config.kl_coef) == ("exact_match", 4, 64, 0.1)
+
+
 def test_bad_cli_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--algo", "sac"])

@@ -10,7 +10,7 @@ from transformers.utils import logging as hf_logging
 
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.train import BACKENDS, TASKS, TrainConfig, train
+from agents.runs.train import BACKENDS, TASKS, TrainConfig, read_yaml, train
 
 HELP = {
     "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit("lm-gym train --resume RUN takes no other options: the run's config.yaml holds them.")
             train(resume=args.resume)
             return
-        values = TrainConfig.from_yaml(args.config).__dict__ if args.config else {}
+        values = read_yaml(args.config) if args.config else {}
         train(TrainConfig.from_dict({**values, **given}, source=args.config or "flags"))
     elif args.command == "evaluate":
         evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)

@@ -11,9 +11,9 @@ import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from agents.runs.progress import progress_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
 from agents.sb3.algorithms import ALGORITHMS
-from lm_gym.arithmetic import ARITHMETIC_MODEL, arithmetic_problems
+from lm_gym.arithmetic import arithmetic_defaults, arithmetic_problems
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
 
@@ -52,8 +52,9 @@ class Task:
 TASKS = {
     "TextGen-v0": Task(None, "sentiment", 16, lambda: load_prompts(DEFAULT_PROMPTS),
                        lambda: load_prompts(HELDOUT_PROMPTS)),
-    "TextGen-Arithmetic-v0": Task(str(ARITHMETIC_MODEL), "exact_match", 4, lambda: arithmetic_problems("train"),
-                                  lambda: arithmetic_problems("test")),
+    # The env's own defaults (model, reward, max_new_tokens), so the two never disagree.
+    "TextGen-Arithmetic-v0": Task(**arithmetic_defaults(), train_prompts=lambda: arithmetic_problems("train"),
+                                  held_out_prompts=lambda: arithmetic_problems("test")),
 }
 
 
@@ -152,8 +153,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml(path), source=str(path))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -194,6 +194,12 @@ class TrainConfig:
                                            ("autocast_dtype", self.autocast_dtype)) if v is not None}
         return dict(learning_rate=self.learning_rate, n_steps=self.n_steps, batch_size=self.batch_size,
                     n_epochs=self.n_epochs, policy_kwargs=policy_kwargs)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's keys as written: fields it leaves out stay unset, so flags such as --env can still
+    fill them with their own defaults (TrainConfig resolves them only once everything is merged)."""
+    return yaml.safe_load(Path(path).read_text()) or {}
 
 
 def new_run_dir(base: str | Path, name: str) -> Path:
