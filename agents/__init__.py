@@ -27,6 +27,7 @@ from agents.sb3.kl import KLPenaltyCallback
 from agents.sb3.nlpo import TopPMask
 from agents.sb3.policy import LMActorCriticPolicy
 from agents.sb3.q_policy import LMDQNPolicy, LMQNetwork, LMQRDQNPolicy
+from agents.sb3.rollout_log_probs import RecomputeLogProbsCallback
 from agents.sb3.sample_logging import SampleLogCallback
 
 # SB3's model.zip names the policy and buffer classes by module path; zips saved by lm-gym 0.1 (flat agents/)
@@ -37,7 +38,7 @@ __all__ = [
     "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointCallback", "CheckpointError", "Episode",
     "EpisodeRolloutBuffer", "GroupAdvantageCallback", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy",
     "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer",
-    "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
+    "RecomputeLogProbsCallback", "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
     "evaluate_run", "load_checkpoint", "make_algorithm", "merged_copy", "next_token_logits", "outcome_advantages",
     "sample_episodes", "sample_tokens", "save_checkpoint", "summarize", "train",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
-from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer
+from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer, start_token_ids
 from lm_gym.prompts import Prompt, PromptSource, load_prompts
 from lm_gym.rewards import Reward, make_reward, score
 
@@ -65,7 +65,9 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ## Starting State
 
     ``reset(seed=...)`` draws a prompt uniformly from ``prompts`` with the env's seeded RNG;
-    ``reset(options={"prompt": "..."})`` starts from the given text instead.
+    ``reset(options={"prompt": "..."})`` starts from the given text instead. The observation starts with the
+    special tokens the tokenizer puts at the start of a sequence (the BOS of Llama-, Mistral- or Gemma-style
+    tokenizers; none for GPT-2's), then the prompt's tokens; they count toward ``max_prompt_tokens``.
 
     ## Episode End
 
@@ -144,7 +146,9 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             raise ValueError("truncate_prompts=True needs max_prompt_tokens=N: how many leading tokens to keep.")
         self.truncate_prompts = truncate_prompts
         self.prompts: list[Prompt] = load_prompts(prompts)
-        self.prompt_ids = self.tokenizer([p.text for p in self.prompts], add_special_tokens=False)["input_ids"]
+        self.start_ids = start_token_ids(self.tokenizer)  # BOS, for tokenizers whose models expect one
+        self.prompt_ids = [self.start_ids + ids for ids in
+                           self.tokenizer([p.text for p in self.prompts], add_special_tokens=False)["input_ids"]]
         if truncate_prompts:
             self.prompts, self.prompt_ids = map(list, zip(*(
                 self._truncate(p, ids, max_prompt_tokens) for p, ids in zip(self.prompts, self.prompt_ids))))
@@ -179,15 +183,16 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self._last_score = 0.0
         self._done = False
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids: the tokenizer's start tokens (BOS, where it has one), then the text without special tokens."""
+        return self.start_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _truncate(self, prompt: Prompt, ids: list[int], keep: int) -> tuple[Prompt, list[int]]:
         """The first ``keep`` tokens of a prompt; its text becomes what they decode to, so the reward sees
         the prompt the LM saw."""
         if len(ids) <= keep:
             return prompt, ids
-        return Prompt(self.tokenizer.decode(ids[:keep]), prompt.references), ids[:keep]
+        return Prompt(self.tokenizer.decode(ids[len(self.start_ids):keep]), prompt.references), ids[:keep]
 
     def _token_ids(self, tokens: Sequence[str | int], argument: str) -> list[int]:
         """Ids of token strings (or ids), with an error that names ``argument`` for unknown ones."""
@@ -264,7 +269,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             index = int(rng.integers(len(self.prompts)))
             return self.prompts[index], self.prompt_ids[index]
         prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
-        prompt_ids = self._encode(prompt.text)
+        prompt_ids = self._encode_prompt(prompt.text)
         if self.truncate_prompts:
             prompt, prompt_ids = self._truncate(prompt, prompt_ids, self.max_prompt_tokens)
         if len(prompt_ids) > self.max_prompt_tokens:

@@ -43,6 +43,24 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str = "the toke
     tokenizer.pad_token = tokenizer.eos_token
 
 
+def start_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts at the start of a sequence (Llama's, Mistral's, Gemma's BOS), [] for
+    tokenizers that add none (GPT-2's, Qwen2's).
+
+    Read from the tokenizer itself: the ids that ``tokenizer(text)`` puts before ``tokenizer(text,
+    add_special_tokens=False)``. The envs encode every text piece without special tokens (so that nothing is
+    added in the middle of a sequence, or at its end) and put these in front of the prompt: the LM then starts
+    from the context it was trained on.
+    """
+    probe = "Hello"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
 def load_causal_lm(
     model: ModelRef = None,
     *,

@@ -10,7 +10,7 @@ import lm_gym
 from agents import GroupAdvantageCallback, KLPenaltyCallback, make_algorithm, outcome_advantages, sample_episodes, \
     summarize
 from agents.runs.train import TrainConfig
-from agents.sb3.group_advantages import complete_episodes
+from agents.sb3.group_advantages import complete_episodes, edge_weights
 
 TOY = dict(reward="target_word", max_new_tokens=4)
 HELD_OUT = [p.text for p in lm_gym.load_prompts(lm_gym.HELDOUT_PROMPTS)]
@@ -116,12 +116,16 @@ def test_rollout_advantages_are_the_estimators_on_complete_groups_plus_the_kl_to
         keep = np.isin(ids, full)
     else:
         keep = np.ones(len(ids), dtype=bool)
+    kept = [e for e, k in zip(episodes, keep) if k]
+    # Each group's (REINFORCE: each episode's) inverse probability of lying whole inside the 10-step rollout.
+    spans = {g: max(s[-1] for (_, s), i in zip(kept, ids[keep]) if i == g)
+             - min(s[0] for (_, s), i in zip(kept, ids[keep]) if i == g) + 1 for g in np.unique(ids[keep])}
     expected = np.zeros_like(snapshot.advantages)
-    for (env, steps), advantage in zip([e for e, k in zip(episodes, keep) if k], outcome_advantages(
-            outcomes[keep], ids[keep], estimator)):
+    for (env, steps), advantage, g in zip(kept, outcome_advantages(outcomes[keep], ids[keep], estimator), ids[keep]):
         penalty = snapshot.rewards[steps, env] - group.task_rewards[steps, env]  # -0.1 x KL per token
         assert (penalty != 0).any()
-        expected[steps, env] = advantage + np.cumsum(penalty[::-1])[::-1]
+        span = spans[g] if estimator == "grpo" else len(steps)
+        expected[steps, env] = min(10 / (10 - span + 1), 4.0) * (advantage + np.cumsum(penalty[::-1])[::-1])
     np.testing.assert_allclose(snapshot.advantages, expected, rtol=1e-5, atol=1e-6)
     # ... and every token outside them (cut at the rollout's edges, or an incomplete group) counts for nothing.
     assert 0 < group.used_fraction < 1
@@ -178,3 +182,46 @@ def test_each_estimator_raises_the_held_out_target_word_reward(estimator):
     model.learn(6144, callback=GroupAdvantageCallback(estimator))
     after = held_out()
     assert before < 0.1 and after >= 0.3, (before, after)
+
+
+def kept_fraction_by_length(weighted: bool, rollouts: int = 300, n_steps: int = 64) -> dict[int, float]:
+    """The rollout-edge rule on a real group schedule (n_envs 8, G 4): each episode's length is drawn at its start
+    from {1, 2, 16}; returns, per length, the (weighted) share of its episodes that enter the gradient."""
+    venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **{**TOY, "max_new_tokens": 16})
+    eos, other = venv.unwrapped.env.tokenizer.eos_token_id, 5
+    rng = np.random.default_rng(0)
+    venv.reset()
+    planned = rng.choice([1, 2, 16], size=8)
+    length, groups_now = np.zeros(8, dtype=int), np.full(8, -1)
+    ran = {1: 0, 2: 0, 16: 0}
+    counted = {1: 0.0, 2: 0.0, 16: 0.0}
+    starts_next = np.ones(8, dtype=bool)
+    for _ in range(rollouts):
+        starts, ends = np.zeros((n_steps, 8), dtype=bool), np.zeros((n_steps, 8), dtype=bool)
+        groups = np.full((n_steps, 8), -1)
+        for t in range(n_steps):
+            starts[t] = starts_next
+            length += 1
+            _, _, dones, infos = venv.step(np.where(length >= planned, eos, other))
+            ends[t] = dones
+            for env in np.flatnonzero(dones):
+                groups[t, env] = infos[env]["group"]
+                ran[int(planned[env])] += 1
+                planned[env], length[env] = rng.choice([1, 2, 16]), 0
+            starts_next = dones
+        episodes = complete_episodes(starts, ends)
+        ids = np.array([groups[steps[-1], env] for env, steps in episodes])
+        keep, weights = edge_weights(episodes, ids, 4, n_steps)
+        for (env, steps), k, w in zip(episodes, keep, weights):
+            if k:
+                counted[len(steps)] += w if weighted else 1.0
+    return {n: counted[n] / ran[n] for n in ran}
+
+
+@pytest.mark.slow
+def test_rollout_edges_do_not_favour_short_completions():
+    dropped = kept_fraction_by_length(weighted=False)
+    assert dropped[16] < dropped[1] - 0.04  # the bias the weights remove (measured 0.82 vs 0.74 in the issue)
+    weighted = kept_fraction_by_length(weighted=True)
+    assert max(weighted.values()) - min(weighted.values()) < 0.02, weighted
+    assert all(abs(f - 1.0) < 0.03 for f in weighted.values()), weighted

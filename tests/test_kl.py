@@ -81,11 +81,11 @@ def test_k3_estimator_is_never_negative():
 
 def test_adaptive_controller_moves_the_coefficient_toward_the_target():
     controller = AdaptiveKLController(coef=0.1, target=6.0, horizon=1000)
-    controller.update(kl=12.0, n_steps=100)  # above target: error clipped to +0.2
+    controller.update(kl=12.0, n_episodes=100)  # above target: error clipped to +0.2
     assert controller.coef == pytest.approx(0.1 * (1 + 0.2 * 0.1))
-    controller.update(kl=3.0, n_steps=100)  # below target: -0.2 after clipping... (3/6 - 1 = -0.5)
+    controller.update(kl=3.0, n_episodes=100)  # below target: -0.2 after clipping... (3/6 - 1 = -0.5)
     assert controller.coef == pytest.approx(0.1 * 1.02 * 0.98)
-    controller.update(kl=6.0, n_steps=100)  # on target: unchanged
+    controller.update(kl=6.0, n_episodes=100)  # on target: unchanged
     assert controller.coef == pytest.approx(0.1 * 1.02 * 0.98)
 
 

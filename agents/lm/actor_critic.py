@@ -125,6 +125,13 @@ class LMActorCritic:
         """The next-token distribution (no masks), for sampling completions outside training."""
         return torch.distributions.Categorical(logits=self.logits_and_values(obs)[0])
 
+    def token_distributions(self, obs: Observation) -> tuple[torch.distributions.Categorical,
+                                                             torch.distributions.Categorical]:
+        """(the distribution tokens are sampled from, the one the KL to the reference is taken on): the same
+        here; the SB3 policy's differ under NLPO masks."""
+        distribution = self.token_distribution(obs)
+        return distribution, distribution
+
     def load_reference_model(self) -> nn.Module:
         """The initial LM, frozen, for KL terms: with LoRA the same LM with its adapters disabled (no second
         copy), otherwise a copy reloaded from ``model`` onto the LM's device."""

@@ -12,12 +12,23 @@ from transformers.pytorch_utils import Conv1D
 
 
 def add_lora(lm: PreTrainedModel, lora: dict[str, Any]) -> nn.Module:
-    """Wrap ``lm`` with LoRA adapters (``lora`` holds ``peft.LoraConfig`` arguments); only they train."""
+    """Wrap ``lm`` with LoRA adapters (``lora`` holds ``peft.LoraConfig`` arguments); only they train.
+
+    ``lora_dropout`` is set to 0 (with a warning if it was not): SB3 and RLlib switch the policy between train
+    and eval mode, so a live dropout would make the update's log-probs differ from the rollout's (measured:
+    first-minibatch max |ratio - 1| of 0.11 at learning rate 0 with ``lora_dropout=0.1``), the same reason
+    :func:`lm_gym.models.load_causal_lm` zeroes the base model's dropout.
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
         raise ImportError("lora=... needs the peft package: pip install 'lm-gym[lora]'") from error
     lora = dict(lora)
+    if lora.get("lora_dropout"):
+        warnings.warn(f"lora_dropout={lora['lora_dropout']} set to 0: dropout in the adapters would make the PPO "
+                      "ratio differ from 1 before any update (the policy switches between train and eval mode).",
+                      UserWarning, stacklevel=2)
+    lora["lora_dropout"] = 0.0
     targets = lora.get("target_modules")
     if "fan_in_fan_out" not in lora and isinstance(targets, (list, tuple)):
         # GPT-2's projections are Conv1D (weights stored transposed); peft needs fan_in_fan_out for them.

@@ -22,7 +22,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from agents.lm.actor_critic import check_precision
-from agents.lm.kl import AdaptiveKLController, check_kl_arguments
+from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments
 from agents.rllib.kl import KLControllerCallback, KLShaping
 from agents.rllib.module import LMRLModule
 
@@ -65,7 +65,7 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
                  n_steps: int | None = None, batch_size: int | None = None, n_epochs: int | None = None,
                  learning_rate: float | None = None, num_env_runners: int = 2, num_envs_per_env_runner: int = 4,
                  num_learners: int = 0, num_gpus_per_learner: float = 0, seed: int | None = None,
-                 kl_coef: float = 0.0, kl_target: float | None = None, kl_horizon: int = 10_000,
+                 kl_coef: float = 0.0, kl_target: float | None = None, kl_horizon: float = KL_HORIZON,
                  kl_estimator: str = "k1") -> AlgorithmConfig:
     """RLlib algorithm ``name`` on TextGen-v0 (``env_config``: TextGenEnv arguments) with :class:`LMRLModule`
     (``model_config``: its arguments), sampling ``num_env_runners x num_envs_per_env_runner`` envs.

@@ -21,7 +21,8 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
-from agents.lm.kl import AdaptiveKLController, check_kl_arguments, kl_estimate, reference_log_probs
+from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments, episode_equivalents, kl_estimate, \
+    reference_log_probs
 
 # RLlib's PPO and IMPALA learners append one bootstrap step to every episode before the custom connectors run
 # and say so in shared_data under this key; that step is not a token the policy wrote.
@@ -70,9 +71,16 @@ class KLShaping(ConnectorV2):
                 episode.set_rewards(new_data=rewards - coef * kl[start:start + n], at_indices=slice(0, n))
                 start += n
         if metrics is not None:
-            per_episode = float(kl.sum() / len(segments))  # segments: episodes, or the parts of them in this batch
+            # Segments are episodes or the parts of them in this batch: count the parts by their tokens. A chunk's
+            # t_started is the number of its episode's steps in earlier chunks.
+            ended = [episode.t_started + n for episode, n in segments if episode.is_terminated]
+            running = [episode.t_started + n for episode, n in segments if not episode.is_terminated]
+            tokens = sum(n for _, n in segments)
+            per_episode = float(kl.sum() / episode_equivalents(tokens, ended, running))
+            episode_length = tokens / episode_equivalents(tokens, ended, running)
             for name, value in (("kl/per_token", float(kl.mean())), ("kl/per_episode", per_episode),
-                                ("kl/coef", coef), ("kl/penalty_per_episode", coef * per_episode)):
+                                ("kl/coef", coef), ("kl/penalty_per_episode", coef * per_episode),
+                                ("kl/episode_length", episode_length)):
                 metrics.log_value((DEFAULT_MODULE_ID, name), value, window=1)
         return batch
 
@@ -91,10 +99,11 @@ class KLControllerCallback(RLlibCallback):
     """After each iteration, moves ``kl_coef`` toward a target KL per episode and writes it to every learner.
 
     The adaptive rule is :class:`agents.lm.kl.AdaptiveKLController`'s (Ziegler et al., 2019), applied to the
-    iteration's ``kl/per_episode`` as reduced over the learners; its step counts the iteration's env steps.
+    iteration's ``kl/per_episode`` as reduced over the learners; its step counts the iteration's episodes (env
+    steps divided by ``kl/episode_length``), as the SB3 callback's does.
     """
 
-    def __init__(self, target: float, horizon: int = 10_000):
+    def __init__(self, target: float, horizon: float = KL_HORIZON):
         super().__init__()
         self.target, self.horizon = target, horizon
         self._last_steps = None
@@ -107,7 +116,8 @@ class KLControllerCallback(RLlibCallback):
         new_steps = steps - (self._last_steps if self._last_steps is not None else 0)
         self._last_steps = steps
         controller = AdaptiveKLController(float(learner["kl/coef"]), self.target, self.horizon)
-        controller.update(float(learner["kl/per_episode"]), max(new_steps, 0))
+        episodes = max(new_steps, 0) / max(float(learner.get("kl/episode_length", 1.0)), 1.0)
+        controller.update(float(learner["kl/per_episode"]), episodes)
         set_kl_coef(algorithm, controller.coef)
 
 

@@ -35,15 +35,28 @@ HELP = {
     "steps": "total env steps (generated tokens) to train on",
     "kl_coef": "KL-to-initial-LM coefficient (initial value when --kl-target is set)",
     "kl_target": "adaptive KL: target KL per episode in nats",
+    "recompute_log_probs": "true/false: recompute the rollout's log-probs with the update's forward before each "
+                           "update (default: on under bfloat16 dtype/autocast_dtype, where the two paths differ)",
     "lora": 'train LoRA adapters only: peft LoraConfig arguments as JSON, e.g. \'{"r": 8}\'',
     "device": "auto, cpu or cuda",
     "checkpoint_every": "env steps between checkpoints (0: none)",
     "out": "parent directory of the new run directory",
 }
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false.")
+
+
 FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int,
                "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
-               "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int}
+               "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int,
+               "recompute_log_probs": parse_bool}
 CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS),
            "env": list(TASKS)}
 

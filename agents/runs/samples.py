@@ -39,7 +39,8 @@ def sample_episodes(
     """Run one episode per (prompt, sample), batching the policy call across all running episodes.
 
     ``policy``: anything with ``token_distribution(obs) -> Categorical``: every lm-gym policy of either
-    backend (SB3's actor-critic and Q policies, RLlib's module). ``prompts``: texts, or :class:`lm_gym.Prompt`
+    backend (SB3's actor-critic and Q policies, RLlib's module); where it also has ``token_distributions``,
+    tokens come from the first and the KL from the second (the unmasked policy under NLPO masks). ``prompts``: texts, or :class:`lm_gym.Prompt`
     records whose references the reward needs (``exact_match``, ``rouge``, ``bleu``).
     """
     base = env.unwrapped
@@ -60,12 +61,15 @@ def sample_episodes(
         while not done.all():
             active = np.flatnonzero(~done)
             batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy_device) for k in obs[0]}
-            distribution = policy.token_distribution(batch)
+            if hasattr(policy, "token_distributions"):  # the KL is taken on the unmasked policy (NLPO)
+                distribution, plain = policy.token_distributions(batch)
+            else:
+                distribution = plain = policy.token_distribution(batch)
             actions = distribution.probs.argmax(-1) if deterministic else distribution.sample()
             if reference is not None:
                 ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0, hidden=False)
                 ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
-                kls[active] += (distribution.log_prob(actions) - ref_log_probs).cpu().numpy()
+                kls[active] += (plain.log_prob(actions) - ref_log_probs).cpu().numpy()
                 ref_totals[active] += ref_log_probs.cpu().numpy()
             for i, action in zip(active, actions.cpu().numpy()):
                 obs[i], reward, terminated, truncated, _ = envs[i].step(action)

@@ -13,6 +13,8 @@ from agents.runs.progress import Observer
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.sb3.group_advantages import GroupAdvantageCallback
 from agents.sb3.kl import KLPenaltyCallback
+from agents.sb3.policy import LMActorCriticPolicy
+from agents.sb3.rollout_log_probs import RecomputeLogProbsCallback
 from agents.sb3.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
@@ -65,6 +67,8 @@ class SB3Trainer:
               ) -> None:
         """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks."""
         own: list[BaseCallback] = [ObserverCallback(observers)]
+        if self.config.recomputes_log_probs and isinstance(self.policy, LMActorCriticPolicy):
+            own.append(RecomputeLogProbsCallback())  # before KL shaping, which reads the log-probs
         if self.run_dir is not None:
             own.append(SampleLogCallback(self.config.log_samples))
         if self.kl is not None and (self.config.kl_coef > 0 or self.config.kl_target is not None):

@@ -100,6 +100,9 @@ class TrainConfig:
     lora: dict[str, Any] | None = None  # peft LoraConfig arguments, e.g. {"r": 8, "lora_alpha": 16}
     dtype: str | None = None  # LM weights, e.g. "bfloat16"
     autocast_dtype: str | None = None  # e.g. "bfloat16"; the action distribution stays float32
+    # Recompute the rollout's log-probs with the update's forward before each update (SB3 on-policy algorithms);
+    # None: on exactly when the LM runs in half precision (dtype or autocast_dtype), where the two paths differ.
+    recompute_log_probs: bool | None = None
     seed: int = 0
     device: str = "auto"
     eval_samples: int = 8  # completions per held-out prompt, before and after
@@ -184,6 +187,12 @@ class TrainConfig:
         if self.eval_fraction is not None:
             return split_prompts(train, self.eval_fraction, seed=self.seed)
         return train, task.held_out_prompts()
+
+    @property
+    def recomputes_log_probs(self) -> bool:
+        if self.recompute_log_probs is not None:
+            return self.recompute_log_probs
+        return self.dtype in ("bfloat16", "float16") or self.autocast_dtype is not None
 
     def env_kwargs(self) -> dict[str, Any]:
         return dict(model=self.lm, reward=self.reward, reward_kwargs=self.reward_kwargs,

@@ -22,6 +22,7 @@ class EpisodeBatches:
     """
 
     flattened = ("actions", "values", "log_probs", "advantages", "returns")
+    planned_order: np.ndarray | None = None  # the episode order of the next get(), drawn ahead (plan_minibatches)
 
     def episode_segments(self) -> list[np.ndarray]:
         """Flat indices (after ``swap_and_flatten``: ``env * buffer_size + step``) of each episode, in order."""
@@ -40,18 +41,32 @@ class EpisodeBatches:
             for name in self.flattened:
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
             self.generator_ready = True
+        for indices in self.plan_minibatches(batch_size, keep=False):
+            yield self._get_samples(indices)
+
+    def plan_minibatches(self, batch_size: int | None, keep: bool = True) -> list[np.ndarray]:
+        """The flat indices of each minibatch of the next ``get(batch_size)``. ``keep``: draw the episode order now
+        and have that ``get`` use it (so a caller can run the update's exact minibatches ahead of it, as
+        :class:`agents.sb3.rollout_log_probs.RecomputeLogProbsCallback` does); the random stream is drawn once
+        either way."""
         batch_size = batch_size or self.buffer_size * self.n_envs
         segments = self.episode_segments()
-        batch: list[np.ndarray] = []
-        size = 0
-        for index in np.random.permutation(len(segments)):
+        order = self.planned_order if self.planned_order is not None else np.random.permutation(len(segments))
+        self.planned_order = order if keep else None
+        batches, batch, size = [], [], 0
+        for index in order:
             batch.append(segments[index])
             size += len(segments[index])
             if size >= batch_size:
-                yield self._get_samples(np.concatenate(batch))
+                batches.append(np.concatenate(batch))
                 batch, size = [], 0
         if batch:
-            yield self._get_samples(np.concatenate(batch))
+            batches.append(np.concatenate(batch))
+        return batches
+
+    def reset(self) -> None:
+        self.planned_order = None
+        super().reset()
 
 
 class EpisodeRolloutBuffer(EpisodeBatches, DictRolloutBuffer):
@@ -72,4 +87,5 @@ class MaskableEpisodeRolloutBuffer(EpisodeBatches, MaskableDictRolloutBuffer):
             raise ValueError(f"MaskableEpisodeRolloutBuffer needs a Discrete action space, got {self.action_space}.")
         self.mask_dims = int(self.action_space.n)
         self.action_masks = np.ones((self.buffer_size, self.n_envs, self.mask_dims), dtype=bool)
+        self.planned_order = None
         DictRolloutBuffer.reset(self)  # MaskableDictRolloutBuffer.reset would first allocate float32 masks

@@ -12,7 +12,7 @@ from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistrib
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
-from agents.lm.actor_critic import LMActorCritic, eos_token_ids, sample_tokens
+from agents.lm.actor_critic import MASKED_LOGIT, LMActorCritic, eos_token_ids, sample_tokens
 from agents.lm.forward import forward_plan
 from agents.lm.kv_cache import RolloutKVCache
 from agents.sb3.nlpo import TopPMask
@@ -184,7 +184,20 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
     @torch.no_grad()
     def token_distribution(self, obs: PyTorchObs) -> torch.distributions.Categorical:
         """The policy's next-token distribution outside training: NLPO's nucleus mask included."""
-        return self.get_distribution(obs).distribution
+        return self.token_distributions(obs)[0]
+
+    @torch.no_grad()
+    def token_distributions(self, obs: PyTorchObs) -> tuple[torch.distributions.Categorical,
+                                                            torch.distributions.Categorical]:
+        """(the distribution tokens are sampled from, NLPO's nucleus applied; the LM's plain softmax, which the
+        KL to the reference is taken on), from one forward."""
+        logits, _ = self._logits_and_values(obs)
+        plain = torch.distributions.Categorical(logits=logits)
+        masks = self._masks(obs, None, cached=False)
+        if masks is None:
+            return plain, plain
+        masked = torch.where(masks, logits, torch.tensor(MASKED_LOGIT, dtype=logits.dtype, device=logits.device))
+        return torch.distributions.Categorical(logits=masked), plain
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         # Without gradients this is SB3's bootstrap at the end of a rollout, on the observations that follow its
