@@ -20,8 +20,9 @@ import lm_gym
 from agents import LMActorCriticPolicy, evaluate_run
 from agents.lm.kl import reference_log_probs
 from agents.rllib import KLShaping, LMRLModule, check_resources
-from agents.rllib.algorithms import check_module_config
-from agents.rllib.kl import BOOTSTRAP_STEP_ADDED
+from agents.rllib.algorithms import check_module_config, rllib_config
+from agents.rllib.log_probs import RecomputeLogProbs
+from agents.rllib.segments import BOOTSTRAP_STEP_ADDED
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.rllib_backend import load_module
 from agents.runs.cli import main
@@ -115,6 +116,40 @@ def test_kl_shaping_subtracts_coef_times_kl_from_every_generated_token():
     assert logged["kl/coef"] == pytest.approx(0.5) and logged["kl/per_episode"] == pytest.approx(kl.sum(), rel=1e-4)
     assert logged["kl/per_token"] == pytest.approx(kl.mean(), rel=1e-4)
     assert logged["kl/penalty_per_episode"] == pytest.approx(0.5 * kl.sum(), rel=1e-4)
+
+
+def test_recomputed_log_probs_are_the_learners_forward_under_bfloat16():
+    env = lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=6, reward="target_word")
+    module = LMRLModule(observation_space=env.observation_space, action_space=env.action_space,
+                        model_config={"autocast_dtype": "bfloat16"})
+    obs, _ = env.reset(seed=0)
+    episode = SingleAgentEpisode(observations=[obs], observation_space=env.observation_space,
+                                 action_space=env.action_space, len_lookback_buffer=0)
+    torch.manual_seed(0)
+    terminated = False
+    while not terminated:  # sampled as the env runners sample: KV-cached, one token per call
+        out = module.forward_exploration({Columns.OBS: {k: torch.as_tensor(v[None]) for k, v in obs.items()}})
+        token = int(out[Columns.ACTIONS][0])
+        obs, reward, terminated, _, _ = env.step(token)
+        episode.add_env_step(obs, token, reward, terminated=terminated,
+                             extra_model_outputs={Columns.ACTION_LOGP: out[Columns.ACTION_LOGP][0].numpy(),
+                                                  Columns.ACTION_DIST_INPUTS: out[Columns.ACTION_DIST_INPUTS][0].numpy()})
+    episode = episode.to_numpy()
+    n = len(episode)
+    add_one_ts_to_episodes_and_truncate([episode])
+    RecomputeLogProbs()(rl_module={DEFAULT_MODULE_ID: module}, batch={}, episodes=[episode],
+                        shared_data={BOOTSTRAP_STEP_ADDED: True}, metrics=MetricsLogger())
+    steps = {k: torch.as_tensor(v) for k, v in episode.get_observations(indices=slice(0, n)).items()}
+    with torch.no_grad():
+        logits, _ = module.logits_and_hidden(steps)
+    expected = logits.log_softmax(-1).gather(1, torch.as_tensor(episode.get_actions(indices=slice(0, n)))[:, None])
+    recomputed = episode.get_extra_model_outputs(key=Columns.ACTION_LOGP, indices=slice(0, n))
+    np.testing.assert_array_equal(recomputed, expected.squeeze(1).numpy())
+
+
+def test_only_synchronous_ppo_recomputes_log_probs():
+    with pytest.raises(ValueError, match="V-trace"):
+        rllib_config("appo", {}, {"autocast_dtype": "bfloat16"}, recompute_log_probs=True)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from ray.tune.registry import register_env
 from agents.lm.actor_critic import check_precision
 from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments
 from agents.rllib.kl import KLControllerCallback, KLShaping
+from agents.rllib.log_probs import RecomputeLogProbs
 from agents.rllib.module import LMRLModule
 
 ENV_ID = "lm_gym/TextGen-v0"
@@ -66,12 +67,14 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
                  learning_rate: float | None = None, num_env_runners: int = 2, num_envs_per_env_runner: int = 4,
                  num_learners: int = 0, num_gpus_per_learner: float = 0, seed: int | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None, kl_horizon: float = KL_HORIZON,
-                 kl_estimator: str = "k1") -> AlgorithmConfig:
+                 kl_estimator: str = "k1", recompute_log_probs: bool | None = None) -> AlgorithmConfig:
     """RLlib algorithm ``name`` on TextGen-v0 (``env_config``: TextGenEnv arguments) with :class:`LMRLModule`
     (``model_config``: its arguments), sampling ``num_env_runners x num_envs_per_env_runner`` envs.
 
     ``kl_coef`` / ``kl_target`` turn on KL shaping (fixed, or adaptive toward ``kl_target`` nats per
-    episode). ``None`` keeps an algorithm's default. Check resources with :func:`check_resources` before
+    episode). ``recompute_log_probs`` (PPO only; ``None``: on under ``autocast_dtype``) recomputes the sampled
+    tokens' log-probs on the learner (:class:`agents.rllib.log_probs.RecomputeLogProbs`). ``None`` keeps an
+    algorithm's default. Check resources with :func:`check_resources` before
     building.
     """
     if name not in RLLIB_ALGORITHMS:
@@ -92,8 +95,15 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
     check_kl_arguments(kl_coef, kl_estimator)
     if kl_target is not None:
         AdaptiveKLController(kl_coef, kl_target, kl_horizon)  # refuses a target or horizon that is not positive
-    if kl_coef > 0 or kl_target is not None:
-        training["learner_connector"] = functools.partial(_kl_shaping, estimator=kl_estimator)
+    if recompute_log_probs is None:
+        recompute_log_probs = name == "ppo" and (model_config or {}).get("autocast_dtype") is not None
+    if recompute_log_probs and name != "ppo":
+        raise ValueError(f"recompute_log_probs with algo={name!r}: it learns from older policies' samples, and "
+                         "V-trace needs their log-probs as they were sampled; only ppo recomputes them.")
+    shaping = kl_coef > 0 or kl_target is not None
+    if recompute_log_probs or shaping:
+        training["learner_connector"] = functools.partial(_learner_connectors, recompute=recompute_log_probs,
+                                                          kl_estimator=kl_estimator if shaping else None)
     config = (spec.config_class()
               .environment(ENV_ID, env_config=env_config)
               .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner,
@@ -120,8 +130,15 @@ def check_module_config(model_config: dict[str, Any]) -> None:
                          "(float32 weights, bf16 compute) or LoRA over a dtype='float16' base (frozen, half the memory).")
 
 
-def _kl_shaping(input_observation_space, input_action_space, estimator: str) -> KLShaping:
-    return KLShaping(input_observation_space, input_action_space, estimator=estimator)
+def _learner_connectors(input_observation_space, input_action_space, recompute: bool, kl_estimator: str | None
+                        ) -> list[ConnectorV2]:
+    """lm-gym's learner connectors, in order: the log-prob recompute first (KL shaping reads the log-probs)."""
+    connectors: list[ConnectorV2] = []
+    if recompute:
+        connectors.append(RecomputeLogProbs(input_observation_space, input_action_space))
+    if kl_estimator is not None:
+        connectors.append(KLShaping(input_observation_space, input_action_space, estimator=kl_estimator))
+    return connectors
 
 
 def check_resources(name: str, num_env_runners: int, num_learners: int, num_gpus_per_learner: float,

@@ -19,14 +19,10 @@ import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
-from ray.rllib.core.columns import Columns
 
 from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments, episode_equivalents, kl_estimate, \
     reference_log_probs
-
-# RLlib's PPO and IMPALA learners append one bootstrap step to every episode before the custom connectors run
-# and say so in shared_data under this key; that step is not a token the policy wrote.
-BOOTSTRAP_STEP_ADDED = "_added_loss_mask_for_valid_episode_ts"
+from agents.rllib.segments import token_steps
 
 
 class KLShaping(ConnectorV2):
@@ -50,34 +46,26 @@ class KLShaping(ConnectorV2):
         coef = float(module.kl_coef)
         if self.reference is None:  # with LoRA: the same LM with adapters off; else a frozen copy, on this learner
             self.reference = module.load_reference_model()
-        bootstrap = 1 if (shared_data or {}).get(BOOTSTRAP_STEP_ADDED) else 0
-        segments = [(episode, len(episode) - bootstrap) for episode in
-                    self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)]
-        segments = [(episode, n) for episode, n in segments if n > 0]
-        if not segments:
+        steps = token_steps(self, episodes, shared_data)
+        if steps is None:
             return batch
-        observations = [episode.get_observations(indices=slice(0, n)) for episode, n in segments]
-        flat = {key: np.concatenate([obs[key] for obs in observations]) for key in observations[0]}
-        actions = np.concatenate([episode.get_actions(indices=slice(0, n)) for episode, n in segments])
-        log_probs = np.concatenate([episode.get_extra_model_outputs(key=Columns.ACTION_LOGP, indices=slice(0, n))
-                                    for episode, n in segments])
         device = next(module.parameters()).device
-        reference = reference_log_probs(self.reference, flat, actions, module.n_actions, device, self.batch_size)
-        kl = kl_estimate(log_probs.astype(np.float32) - reference, self.estimator)
-        start = 0
+        reference = reference_log_probs(self.reference, steps.observations, steps.actions, module.n_actions, device,
+                                        self.batch_size)
+        kl = kl_estimate(steps.log_probs - reference, self.estimator)
+        segments = steps.segments
         with quiet_gymnasium():  # set_rewards checks each scalar reward with Box.contains, which warns on scalars
-            for episode, n in segments:
+            for (episode, n), token_kl in zip(segments, steps.split(kl)):
                 rewards = np.asarray(episode.get_rewards(indices=slice(0, n)), dtype=np.float32)
-                episode.set_rewards(new_data=rewards - coef * kl[start:start + n], at_indices=slice(0, n))
-                start += n
+                episode.set_rewards(new_data=rewards - coef * token_kl, at_indices=slice(0, n))
         if metrics is not None:
             # Segments are episodes or the parts of them in this batch: count the parts by their tokens. A chunk's
             # t_started is the number of its episode's steps in earlier chunks.
             ended = [episode.t_started + n for episode, n in segments if episode.is_terminated]
             running = [episode.t_started + n for episode, n in segments if not episode.is_terminated]
             tokens = sum(n for _, n in segments)
-            per_episode = float(kl.sum() / episode_equivalents(tokens, ended, running))
-            episode_length = tokens / episode_equivalents(tokens, ended, running)
+            n_episodes = episode_equivalents(tokens, ended, running)
+            per_episode, episode_length = float(kl.sum() / n_episodes), tokens / n_episodes
             for name, value in (("kl/per_token", float(kl.mean())), ("kl/per_episode", per_episode),
                                 ("kl/coef", coef), ("kl/penalty_per_episode", coef * per_episode),
                                 ("kl/episode_length", episode_length)):

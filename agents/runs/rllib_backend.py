@@ -68,7 +68,7 @@ class RLlibTrainer:
                                               ("autocast_dtype", config.autocast_dtype)) if v is not None}
             algorithm_config = rllib_config(
                 config.algo, env_config, model_config, seed=config.seed, kl_coef=config.kl_coef,
-                kl_target=config.kl_target, **runners,
+                kl_target=config.kl_target, recompute_log_probs=config.recompute_log_probs, **runners,
                 **{k: v for k, v in config.algorithm_kwargs().items() if k != "policy_kwargs"})
             try:
                 self.algorithm = algorithm_config.build_algo()
