@@ -1,14 +1,18 @@
 """lm-gym: RL fine-tuning of causal language models as a Gymnasium environment.
 
-Importing the package registers ``"TextGen-v0"`` and ``"TextGen-Arithmetic-v0"``. In worker processes that
+Importing the package registers ``"TextGen-v0"``, ``"TextGen-Arithmetic-v0"``, ``"TextGen-MultiTurn-v0"`` (any
+text env, GEM's API, at the token level) and ``"TextGen-GuessNumber-v0"``. In worker processes that
 never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
 
 from gymnasium.envs.registration import register, registry
 
+from lm_gym.adapters import ReasoningGymReward, TextArenaEnv, reasoning_gym_prompts
 from lm_gym.arithmetic import ARITHMETIC_MODEL, ArithmeticEnv, arithmetic_problems
 from lm_gym.env import TextGenEnv
 from lm_gym.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from lm_gym.multiturn import MultiTurnEnv, TextEnv, make_text_env
+from lm_gym.multiturn_vector import MultiTurnVecEnv
 from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
 from lm_gym.rewards import (
     REWARDS,
@@ -26,6 +30,7 @@ from lm_gym.rewards import (
     make_reward,
     register_reward,
 )
+from lm_gym.turns import TurnCodec
 from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
 __version__ = "0.1.0"
@@ -34,9 +39,12 @@ if "TextGen-v0" not in registry:
     register(id="TextGen-v0", entry_point="lm_gym.env:TextGenEnv")
 if "TextGen-Arithmetic-v0" not in registry:
     register(id="TextGen-Arithmetic-v0", entry_point="lm_gym.arithmetic:ArithmeticEnv")
+if "TextGen-MultiTurn-v0" not in registry:
+    register(id="TextGen-MultiTurn-v0", entry_point="lm_gym.multiturn:MultiTurnEnv")
 
 __all__ = [
-    "ARITHMETIC_MODEL", "ArithmeticEnv", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
+    "ARITHMETIC_MODEL", "ArithmeticEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
+    "TextEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
     "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
     "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",
     "TextGenVecEnv", "arithmetic_problems", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",

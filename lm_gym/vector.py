@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -199,7 +199,7 @@ class TextGenVecEnv(VecEnv):
             if options and "prompt" in options:
                 raise ValueError("reset options={'prompt': ...} with group_size > 1: a group's prompt is drawn for the "
                                  "whole group; use group_size=1 to choose prompts.")
-            self.episode_group[i], (self.prompts[i], prompt_ids) = self.groups.take(template)
+            self.episode_group[i], (self.prompts[i], prompt_ids) = self.groups.take(template.start_prompt)
             info["group"] = int(self.episode_group[i])
         else:
             self.prompts[i], prompt_ids = template.start_prompt(self.rngs[i], options)
@@ -239,22 +239,23 @@ class TextGenVecEnv(VecEnv):
 
 
 class GroupSchedule:
-    """Hands out prompts in groups: ``group_size`` consecutive episode starts share one prompt and a group id."""
+    """Hands out episode starts in groups: ``group_size`` consecutive starts share one draw (a prompt, or a text env's
+    seed) and a group id."""
 
     def __init__(self, group_size: int):
         self.group_size = group_size
         self.rng = seeding.np_random()[0]
         self.next_id = 0  # id of the next group to open
         self.places_left = 0  # in the open group
-        self.prompt: tuple[Prompt, list[int]] | None = None
+        self.prompt: Any = None  # the open group's draw ("prompt" for checkpoints of lm-gym <= 0.2)
 
     def seed(self, seed: int) -> None:
         self.rng = seeding.np_random(seed)[0]
 
-    def take(self, env: TextGenEnv) -> tuple[int, tuple[Prompt, list[int]]]:
-        """The group id and (prompt, token ids) of the episode that starts now."""
+    def take(self, draw: Callable[[np.random.Generator], Any]) -> tuple[int, Any]:
+        """The group id and the draw of the episode that starts now; ``draw(rng)`` opens a new group."""
         if self.places_left == 0:
-            self.prompt = env.start_prompt(self.rng)
+            self.prompt = draw(self.rng)
             self.next_id += 1
             self.places_left = self.group_size
         self.places_left -= 1
@@ -316,19 +317,32 @@ def make_vec_env(n_envs: int = 8, seed: int | None = None, vec_env_cls: type[Vec
     copies of one env, so prompts are tokenized and the reward loaded once. Env ``i`` is seeded with
     ``seed + i`` at the first reset in every case. ``group_size=G`` makes episodes come in groups of ``G``
     on one prompt (see :class:`TextGenVecEnv`; GRPO, RLOO); it needs the default ``vec_env_cls``.
+
+    With ``text_env=...`` among the arguments the envs are multi-turn (:class:`lm_gym.MultiTurnEnv`'s arguments),
+    in a :class:`lm_gym.MultiTurnVecEnv` by default; a group's episodes then play the same text-env instance.
     """
+    multi_turn = "text_env" in env_kwargs
     if vec_env_cls is None:
-        venv = TextGenVecEnv(n_envs, group_size=group_size, **env_kwargs)
+        if multi_turn:
+            from lm_gym.multiturn_vector import MultiTurnVecEnv
+
+            venv = MultiTurnVecEnv(n_envs, group_size=group_size, **env_kwargs)
+        else:
+            venv = TextGenVecEnv(n_envs, group_size=group_size, **env_kwargs)
     elif group_size != 1:
         raise ValueError(f"group_size={group_size} with vec_env_cls={vec_env_cls.__name__}: groups of one prompt are "
                          "scheduled by TextGenVecEnv; leave vec_env_cls=None.")
     else:
+        if multi_turn:
+            from lm_gym.multiturn import MultiTurnEnv as env_class
+        else:
+            env_class = TextGenEnv
         if vec_env_cls is DummyVecEnv:
-            template = TextGenEnv(**env_kwargs)
+            template = env_class(**env_kwargs)
             venv = vec_env_cls([lambda: copy.copy(template) for _ in range(n_envs)])
         else:
-            venv = vec_env_cls([lambda: TextGenEnv(**env_kwargs) for _ in range(n_envs)])
-        if env_kwargs.get("reward_mode", "sparse") == "sparse":
+            venv = vec_env_cls([lambda: env_class(**env_kwargs) for _ in range(n_envs)])
+        if not multi_turn and env_kwargs.get("reward_mode", "sparse") == "sparse":
             venv = BatchedRewardVecEnv(venv)
     if seed is not None:
         venv.seed(seed)

@@ -79,8 +79,8 @@ def test_bad_cli_arguments_are_refused(capsys):
         main(["train", *COMMON, "--algo", "a2c", "--n-epochs", "2"])
     with pytest.raises(ValueError, match="group_size=4: only grpo, dr_grpo, rloo"):
         main(["train", *FAST, "--group-size", "4"])
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--env", "CartPole-v1"])
+    with pytest.raises(ValueError, match="env='CartPole-v1': choose one of .*or a text env id: 'gem:ID'"):
+        main(["train", *FAST, "--env", "CartPole-v1"])
 
 
 def test_examples_run_as_written(tmp_path):
@@ -96,6 +96,9 @@ def test_examples_run_as_written(tmp_path):
     custom = run(str(root / "examples" / "custom_reward.py"))
     assert custom.returncode == 0, custom.stderr[-2000:]
     assert custom.stdout.count("trained") == 3
+    multi_turn = run(str(root / "examples" / "custom_text_env.py"), "--steps", "512")
+    assert multi_turn.returncode == 0, multi_turn.stderr[-2000:]
+    assert "trained 512 steps" in multi_turn.stdout and "to go" in multi_turn.stdout
     comparison = run(str(root / "examples" / "compare_algorithms.py"), "--algos", "ppo,a2c", "--steps", "128",
                      "--seeds", "1", "--out", "cmp")
     assert comparison.returncode == 0, comparison.stderr[-2000:]

@@ -17,10 +17,10 @@ from ray.rllib.utils.postprocessing.episodes import add_one_ts_to_episodes_and_t
 from transformers import AutoModelForCausalLM, pipeline
 
 import lm_gym
-from agents import LMActorCriticPolicy, evaluate_run
+from agents import LMActorCriticPolicy, evaluate_run, sample_episodes
 from agents.lm.kl import reference_log_probs
 from agents.rllib import KLShaping, LMRLModule, check_resources
-from agents.rllib.algorithms import check_module_config, rllib_config
+from agents.rllib.algorithms import check_module_config, rllib_config, trained_module
 from agents.rllib.log_probs import RecomputeLogProbs
 from agents.rllib.segments import BOOTSTRAP_STEP_ADDED
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
@@ -271,6 +271,43 @@ def test_compare_puts_rllib_algorithms_next_to_sb3_ones(local_ray, tmp_path):
     assert rows == ["ppo", "rllib_ppo"]
     results = json.loads((out / "results.json").read_text())["results"]
     assert results["rllib_ppo"][0]["curve"] and results["rllib_ppo"][0]["final"]["episodes"] == 8
+
+
+class ReviewTurns:
+    """A text env defined here (shipped to Ray's env runners by value): three turns continuing a review, each
+    paid the VADER sentiment of what the agent wrote in it."""
+
+    def __init__(self):
+        self.sentiment, self.turn = lm_gym.make_reward("sentiment"), 0
+
+    def reset(self, seed=None):
+        self.turn = 0
+        return "the movie was", {}
+
+    def step(self, text):
+        self.turn += 1
+        reward = float(self.sentiment(["the movie was"], [text], [()])[0])
+        return ("" if self.turn >= 3 else "and the story was"), reward, self.turn >= 3, False, {}
+
+
+@RAY
+def test_rllib_ppo_raises_a_per_turn_reward_on_a_multi_turn_env(local_ray):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # env runners cannot import this test file
+    env_config = dict(text_env=ReviewTurns, max_tokens=64, max_turn_tokens=5, max_turns=3, reply_template=" {reply}")
+    algorithm = rllib_config("ppo", env_config, {}, n_steps=48, learning_rate=1e-3, num_env_runners=2,
+                             num_envs_per_env_runner=4, seed=0).build_algo()
+    env, held_out = lm_gym.MultiTurnEnv(**env_config), [{"text_env_seed": 10**6 + i} for i in range(16)]
+
+    def held_out_reward():
+        torch.manual_seed(0)
+        return np.mean([e.reward for e in sample_episodes(trained_module(algorithm), env, held_out, 4)])
+
+    before, steps = held_out_reward(), 0
+    while steps < 6144:
+        steps = algorithm.train()["env_runners"]["num_env_steps_sampled_lifetime"]
+    after = held_out_reward()
+    algorithm.stop()
+    assert after > before + 0.8, (before, after)
 
 
 # ----- bad input: each error names the argument and the fix -----

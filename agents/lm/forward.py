@@ -21,19 +21,28 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def continues(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` bool: row b of ``ids`` is row b of ``prev_ids`` plus one new token.
+def growth(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` long: how many tokens row b of ``ids`` added to row b of ``prev_ids``; 0 where it is no extension.
 
-    All ``(B, W)``, left-padded. True iff the window shifted left by one over a padding column and a real
-    token came in at the end. Then ``prev``'s next-token logits are ``ids``'s logits one column earlier
-    (same tokens, same positions, causal attention), so one forward serves both.
+    All ``(B, W)``, left-padded. Row b extends its previous row when that row's real tokens are the first real
+    tokens of the new row and at least one token came after them: one token in a single-turn step, the end token
+    plus the env's reply at a multi-turn turn end. Then ``prev``'s keys/values are the new row's for those
+    tokens (same tokens, same positions, causal attention), and only the added tokens need a forward.
     """
-    return (
-        (prev_mask[:, 0] == 0)
-        & (mask[:, -1] == 1)
-        & (ids[:, :-1] == prev_ids[:, 1:]).all(-1)
-        & (mask[:, :-1] == prev_mask[:, 1:]).all(-1)
-    )
+    prev_length, length = prev_mask.sum(-1), mask.sum(-1)
+    added = length - prev_length
+    columns = torch.arange(ids.shape[1], device=ids.device)
+    # Where each previous real token sits in the new row: ``added`` columns further left.
+    source = (columns[None, :] - added[:, None]).clamp(0, ids.shape[1] - 1)
+    real = prev_mask == 1
+    same = ((ids.gather(1, source) == prev_ids) & (mask.gather(1, source) == 1)) | ~real
+    extends = (added >= 1) & same.all(-1) & (columns[None, :] - added[:, None] >= 0).logical_or(~real).all(-1)
+    return torch.where(extends, added, torch.zeros_like(added))
+
+
+def continues(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: row b of ``ids`` is row b of ``prev_ids`` plus exactly one new token (see :func:`growth`)."""
+    return growth(prev_ids, prev_mask, ids, mask) == 1
 
 
 def base_model_class(lm: torch.nn.Module) -> type:

@@ -1,10 +1,11 @@
 """KV-cached next-token evaluation across the per-step policy calls of stock SB3 rollouts.
 
 SB3's ``collect_rollouts`` calls ``policy(obs)`` once per step for all envs together, each time with the
-whole left-padded window. Between two calls a row either grew by exactly one token (the window shifted
-left by one) or started a new episode. :func:`agents.lm.forward.continues` proves the first case from the
-ids alone. Every step is then one LM call: the rows that grew feed their new token on top of their
-cached keys/values, the rows that restarted feed their whole (new) sequence, in the same batch.
+whole left-padded window. Between two calls a row either grew (by one token in a single-turn step; by the
+end token plus the env's reply at a multi-turn turn end) or started a new episode. :func:`agents.lm.forward.growth`
+proves the first case from the ids alone: the old row is a prefix of the new one. Every step is then one LM
+call: the rows that grew feed only their new tokens on top of their cached keys/values, the rows that restarted
+feed their whole (new) sequence, in the same batch. A multi-turn episode costs O(its tokens), not O(turns x length).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from agents.lm.forward import LMOutput, Observation, continues, position_ids, run_lm
+from agents.lm.forward import LMOutput, Observation, growth, position_ids, run_lm
 
 
 # A step where some rows restart runs as one call when the query columns it pads into the continuing rows
@@ -31,12 +32,12 @@ COMPACT_SLACK = 16
 
 
 class RolloutKVCache:
-    """Keys/values of every row so far, reused when rows continue by one token.
+    """Keys/values of every row so far, reused when rows continue (by one token, or by a turn end and a reply).
 
     Layout: the model's own cache object grows by each step's columns, and ``key_mask`` ``(B, K)`` says
     which of its columns belong to each row's current sequence (attention is order-free, positions are
     given explicitly). A step where some rows restart either runs ``width`` columns for everyone (the
-    restarted rows' sequences, left-padded; in the continuing rows the new token in the last column, the
+    restarted rows' sequences, left-padded; in the continuing rows their new tokens in the last columns, the
     others masked) or, when that padding would cost more than a second call, runs the restarted rows in a
     call of their own and writes their keys/values into their rows (see ``MERGE_PADDING_*``). When dead
     columns pile up, each row's live keys are gathered back into the width of the longest row. No step
@@ -74,21 +75,24 @@ class RolloutKVCache:
         if not same_rows:
             # A plain DynamicCache: one full-attention layer per model layer, whatever the model's config.
             self.cache, self.key_mask = DynamicCache(), mask.new_zeros(batch, 0)
-            grown = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+            added = torch.zeros(batch, dtype=torch.long, device=ids.device)
         else:
-            grown = continues(self.ids, self.mask, ids, mask)
-        if grown.all():  # the common step: one new token per row
+            added = growth(self.ids, self.mask, ids, mask)
+        if (added == 1).all():  # the common step: one new token per row
             out = self._run(lm, ids[:, -1:], self.key_mask, mask[:, -1:], mask.sum(-1, keepdim=True) - 1, autocast,
                             hidden)
         else:
-            restarted = ~grown
-            width = int(mask[restarted].sum(-1).max())  # the longest sequence that runs in full
-            n_restarted = int(restarted.sum())
+            grown = added > 0
+            # Each row runs its new tokens (all of them where it restarted) in the last columns of one call.
+            columns = torch.where(grown, added, mask.sum(-1))
+            width = int(columns.max())
+            n_restarted = int((~grown).sum())
             self.rows_restarted += n_restarted
-            padding = (width - 1) * (batch - n_restarted)  # query columns the continuing rows would waste
+            padding = int((width - columns).sum())  # query columns the call would waste
             limit = MERGE_PADDING_CPU if ids.device.type == "cpu" else MERGE_PADDING_ACCELERATOR
-            if padding <= limit or self.key_mask.shape[1] + 1 < width:
-                out = self._merged_step(lm, ids, mask, grown, width, autocast, hidden)
+            one_token_growth = bool((added[grown] == 1).all())
+            if padding <= limit or not one_token_growth or self.key_mask.shape[1] + 1 < width:
+                out = self._merged_step(lm, ids, mask, grown, columns, width, autocast, hidden)
             else:
                 out = self._split_step(lm, ids, mask, grown, width, autocast, hidden)
         self.ids, self.mask, self.weights_version = ids, mask, weights_version
@@ -109,19 +113,18 @@ class RolloutKVCache:
         self.cache = out.cache
         return out
 
-    def _merged_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor, width: int,
-                     autocast: Any, hidden: bool) -> LMOutput:
-        """Restarted rows run their last ``width`` columns, continuing rows their newest token (the other
-        ``width - 1`` columns masked): one call."""
-        step_mask = mask[:, -width:].clone()
-        step_mask[grown, :-1] = 0
+    def _merged_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor,
+                     columns: torch.Tensor, width: int, autocast: Any, hidden: bool) -> LMOutput:
+        """Every row runs its last ``columns[b]`` columns (a continuing row its new tokens, a restarted row its whole
+        sequence) inside one call of ``width`` columns; the columns before them are masked."""
+        step_mask = mask[:, -width:] * (torch.arange(width, device=ids.device)[None, :] >= width - columns[:, None])
         key_mask = self.key_mask * grown[:, None]  # a restarted row's old keys are not its own any more
         return self._run(lm, ids[:, -width:], key_mask, step_mask, position_ids(mask)[:, -width:], autocast, hidden)
 
     def _split_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor, width: int,
                     autocast: Any, hidden: bool) -> LMOutput:
-        """Every row adds one column (a masked placeholder in restarted rows), then the restarted rows run on
-        their own and their keys/values overwrite the last ``width`` columns of their rows: two calls, no
+        """Every row adds one column (its one new token; a masked placeholder in restarted rows), then the restarted
+        rows run on their own and their keys/values overwrite the last ``width`` columns of their rows: two calls, no
         padded columns."""
         out = self._run(lm, ids[:, -1:], self.key_mask * grown[:, None], mask[:, -1:] * grown[:, None],
                         mask.sum(-1, keepdim=True) - 1, autocast, hidden)

@@ -31,9 +31,13 @@ ENV_ID = "lm_gym/TextGen-v0"
 
 
 def make_env(env_config: dict[str, Any]):
-    """The env creator RLlib calls on every env runner (its own process): a TextGenEnv from ``env_config``."""
+    """The env creator RLlib calls on every env runner (its own process): a TextGenEnv from ``env_config``, or a
+    MultiTurnEnv when it names a ``text_env`` (a picklable callable or an id: it travels to the runners)."""
     import lm_gym  # env runners are separate processes that never imported it
 
+    env_config = dict(env_config)  # RLlib passes an EnvContext
+    if "text_env" in env_config:
+        return lm_gym.MultiTurnEnv(**env_config)
     return lm_gym.TextGenEnv(**env_config)
 
 

@@ -10,7 +10,8 @@ from transformers.utils import logging as hf_logging
 
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.train import BACKENDS, TASKS, TrainConfig, read_yaml, train
+from agents.runs.config import BACKENDS, TASKS, TrainConfig, read_yaml
+from agents.runs.train import train
 
 HELP = {
     "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
@@ -20,8 +21,9 @@ HELP = {
     "num_learners": "rllib: learner processes; 0 learns in this process (default 0)",
     "num_gpus_per_learner": "rllib: GPUs per learner (default 0)",
     "ray_address": "rllib: an existing Ray cluster, e.g. auto or ray://HEAD:10001 (default: a local Ray)",
-    "env": "the task: TextGen-v0 (review sentiment) or TextGen-Arithmetic-v0 (exact answers); it sets the defaults of "
-           "--model, --reward, --max-new-tokens and the prompts",
+    "env": f"the task: one of {', '.join(TASKS)}, or a text env id played turn by turn at the token level: gem:ID "
+           "(e.g. gem:game:GuessTheNumber-v0-easy) or textarena:ID; it sets the defaults of --model, --reward, "
+           "--max-new-tokens and the prompts (default: TextGen-v0)",
     "model": "Hugging Face name or local path of the causal LM (default: the env's bundled LM)",
     "reward": "reward name (see lm_gym.REWARDS; default: the env's)",
     "max_new_tokens": "token budget per completion (default: the env's, 16 or 4)",
@@ -57,8 +59,7 @@ FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": floa
                "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
                "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int,
                "recompute_log_probs": parse_bool}
-CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS),
-           "env": list(TASKS)}
+CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS)}
 
 
 def add_train_parser(commands) -> None:
@@ -104,7 +105,7 @@ def add_compare_parser(commands) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8192, help="env steps per run")
     parser.add_argument("--every", type=int, default=None, help="env steps between learning-curve points")
-    parser.add_argument("--env", default="TextGen-v0", choices=list(TASKS), help=HELP["env"])
+    parser.add_argument("--env", default="TextGen-v0", help=HELP["env"])
     parser.add_argument("--model", default=None, help=HELP["model"])
     parser.add_argument("--reward", default=None, help=HELP["reward"])
     parser.add_argument("--reward-kwargs", type=json.loads, default={}, help=HELP["reward_kwargs"])

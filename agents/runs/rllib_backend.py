@@ -26,7 +26,7 @@ from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
 
 if TYPE_CHECKING:
-    from agents.runs.train import TrainConfig
+    from agents.runs.config import TrainConfig
 
 DEFAULT_ENV_RUNNERS = 2
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
@@ -62,8 +62,11 @@ class RLlibTrainer:
                                       "checkpoint is corrupted or was made with another configuration; delete it "
                                       "to resume from the one before, or start a new run.") from error
         else:
-            env_config = {**config.env_kwargs(), "prompts": train_prompts,
-                          "max_prompt_tokens": eval_env.max_prompt_tokens}
+            if config.task.multi_turn:
+                env_config = config.env_kwargs("train")
+            else:
+                env_config = {**config.env_kwargs(), "prompts": train_prompts,
+                              "max_prompt_tokens": eval_env.max_prompt_tokens}
             model_config = {k: v for k, v in (("model", config.lm), ("lora", config.lora), ("dtype", config.dtype),
                                               ("autocast_dtype", config.autocast_dtype)) if v is not None}
             algorithm_config = rllib_config(

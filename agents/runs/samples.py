@@ -12,6 +12,7 @@ from torch import nn
 
 from agents.lm.kv_cache import RolloutKVCache
 from lm_gym.env import TextGenEnv
+from lm_gym.multiturn import MultiTurnEnv
 from lm_gym.prompts import Prompt
 
 
@@ -29,8 +30,8 @@ class Episode:
 @torch.no_grad()
 def sample_episodes(
     policy: nn.Module,
-    env: TextGenEnv,
-    prompts: Sequence[str | Prompt],
+    env: TextGenEnv | MultiTurnEnv,
+    prompts: Sequence[str | Prompt | dict],
     samples_per_prompt: int = 1,
     reference: nn.Module | None = None,
     deterministic: bool = False,
@@ -40,8 +41,11 @@ def sample_episodes(
 
     ``policy``: anything with ``token_distribution(obs) -> Categorical``: every lm-gym policy of either
     backend (SB3's actor-critic and Q policies, RLlib's module); where it also has ``token_distributions``,
-    tokens come from the first and the KL from the second (the unmasked policy under NLPO masks). ``prompts``: texts, or :class:`lm_gym.Prompt`
-    records whose references the reward needs (``exact_match``, ``rouge``, ``bleu``).
+    tokens come from the first and the KL from the second (the unmasked policy under NLPO masks).
+    ``env``: a :class:`lm_gym.TextGenEnv` or :class:`lm_gym.MultiTurnEnv` (copied per episode). ``prompts``: texts,
+    :class:`lm_gym.Prompt` records whose references the reward needs (``exact_match``, ``rouge``, ``bleu``), or
+    reset options as dicts (a multi-turn task's instances: ``{"text_env_seed": s}``). A multi-turn episode's
+    ``completion`` is its conversation after the first message, its ``num_tokens`` the agent's tokens.
     """
     base = env.unwrapped
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
@@ -81,7 +85,9 @@ def sample_episodes(
     return episodes
 
 
-def _reset_options(prompt: str | Prompt) -> dict:
+def _reset_options(prompt: str | Prompt | dict) -> dict:
+    if isinstance(prompt, dict):  # reset options as they are: a multi-turn task instance, {"text_env_seed": s}
+        return prompt
     if isinstance(prompt, Prompt):
         return {"prompt": prompt.text, "references": prompt.references}
     return {"prompt": prompt}

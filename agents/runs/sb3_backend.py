@@ -17,11 +17,12 @@ from agents.sb3.policy import LMActorCriticPolicy
 from agents.sb3.rollout_log_probs import RecomputeLogProbsCallback
 from agents.sb3.sample_logging import SampleLogCallback
 from lm_gym.env import TextGenEnv
+from lm_gym.multiturn import MultiTurnEnv
 from lm_gym.prompts import Prompt
 from lm_gym.vector import make_vec_env
 
 if TYPE_CHECKING:
-    from agents.runs.train import TrainConfig
+    from agents.runs.config import TrainConfig
 
 class SB3Trainer:
     """Builds (or, from a checkpoint, restores) ``config.algo`` on ``config.n_envs`` TextGen envs and trains it.
@@ -31,13 +32,15 @@ class SB3Trainer:
 
     final_files = ("model.zip",)
 
-    def __init__(self, config: TrainConfig, eval_env: TextGenEnv, train_prompts: list[Prompt], run_dir: Path | None,
-                 resume_from: Path | None = None):
+    def __init__(self, config: TrainConfig, eval_env: TextGenEnv | MultiTurnEnv, train_prompts: list[Prompt] | None,
+                 run_dir: Path | None, resume_from: Path | None = None):
         self.config, self.run_dir = config, run_dir
         spec = ALGORITHMS[config.algo]
-        # The eval env's reward object is shared: a classifier reward then sits in memory once.
-        env_kwargs = {**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None, "prompts": train_prompts,
-                      "max_prompt_tokens": eval_env.max_prompt_tokens}
+        if config.task.multi_turn:  # the training split's text envs deal their own instances
+            env_kwargs = config.env_kwargs("train")
+        else:  # the eval env's reward object is shared: a classifier reward then sits in memory once
+            env_kwargs = {**config.env_kwargs(), "reward": eval_env.reward, "reward_kwargs": None,
+                          "prompts": train_prompts, "max_prompt_tokens": eval_env.max_prompt_tokens}
         self.vec_env = make_vec_env(n_envs=config.n_envs, seed=config.seed,
                                     group_size=config.group_size or spec.group_size, **env_kwargs)
         self.kl = KLPenaltyCallback(coef=config.kl_coef, target=config.kl_target) if spec.on_policy else None

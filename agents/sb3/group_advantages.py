@@ -206,7 +206,7 @@ def check_group_setup(model, estimator: str) -> None:
     if estimator in GROUPED and group_size < 2:
         raise ValueError(f"{estimator} compares completions of the same prompt: build the env with "
                          "lm_gym.make_vec_env(..., group_size=G), G >= 2 (lm-gym train --group-size G).")
-    if any(mode != "sparse" for mode in env.get_attr("reward_mode")):
+    if any(mode == "dense" for mode in env.get_attr("reward_mode")):  # multi-turn envs' per-turn rewards sum up
         raise ValueError(f"{estimator} baselines the outcome of whole completions: it needs reward_mode='sparse' "
                          "(dense rewards pay partial scores along the way); drop reward_mode='dense'.")
     if getattr(model, "vf_coef", 0.0) != 0.0:

@@ -1,0 +1,352 @@
+"""MultiTurnEnv: a text-level, multi-turn env (GEM's API) as a token-level TextGen env."""
+
+from __future__ import annotations
+
+import copy
+import operator
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedTokenizerBase
+
+from lm_gym.env import Observation, place_prompt, render_text
+from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer
+from lm_gym.turns import TurnCodec
+
+
+@runtime_checkable
+class TextEnv(Protocol):
+    """GEM's core API (``gem/core.py``): what :class:`MultiTurnEnv` needs of a text env."""
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]: ...
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]: ...
+
+
+TextEnvSource = TextEnv | Callable[[], TextEnv] | str
+# Seeds that training envs draw for their text envs lie below this; held-out instances use seeds from here on.
+HELD_OUT_SEEDS = 1_000_000
+
+
+def make_text_env(source: TextEnvSource) -> TextEnv:
+    """A text env from an instance (returned as is), a callable that makes one (a class, a ``functools.partial``), or
+    an id: ``"gem:ID"`` (``gem.make(ID)``, ``pip install 'lm-gym[gem]'``) or ``"textarena:ID"``
+    (a single-player TextArena game through :class:`lm_gym.adapters.TextArenaEnv`)."""
+    if isinstance(source, str):
+        from lm_gym.adapters import text_env_from_id
+
+        return text_env_from_id(source)
+    if isinstance(source, TextEnv) and not isinstance(source, type):
+        return source
+    if callable(source):
+        env = source()
+        if not isinstance(env, TextEnv):
+            raise TypeError(f"text_env={source!r} made {type(env).__name__}, which lacks reset(seed) -> (str, info) "
+                            "and step(str) -> (str, reward, terminated, truncated, info).")
+        return env
+    raise TypeError(f"text_env={source!r}: expected a text env (reset(seed) and step(text), GEM's API), a callable "
+                    "that makes one, or an id such as 'gem:game:GuessTheNumber-v0-easy'.")
+
+
+class MultiTurnEnv(gym.Env[Observation, np.int64]):
+    """
+    ## Description
+
+    An agent LM converses with a text env, one token at a time. The text env is anything with GEM's API
+    (``reset(seed) -> (text, info)``, ``step(text) -> (text, reward, terminated, truncated, info)``): a game, a
+    tool, a user simulator. Each step the agent picks its next token; a turn ends at a turn-end token (EOS, or
+    the chat template's end-of-turn token) or after ``max_turn_tokens`` tokens. At a turn's end, in the same
+    step, the env decodes only that turn's tokens, passes the text to ``text_env.step``, encodes the reply once
+    and appends it (with the next generation prompt) to the observation. So the agent's tokens are kept exactly
+    as sampled (nothing is re-encoded), the env's tokens are context and never actions (they never reach a loss),
+    and each turn's reward is paid on the step of that turn's last agent token.
+
+    ## Action Space
+
+    ``Discrete(len(tokenizer))``: the agent's next token.
+
+    ## Observation Space
+
+    TextGen-v0's: a ``Dict`` of ``input_ids`` and ``attention_mask``, ``Box(shape=(max_tokens,), dtype=int64)``,
+    left-padded, the newest token last. It holds the whole conversation: the first message, every agent turn and
+    every reply, in the order they happened. Between two steps a row grows by one token, or by the end token
+    plus a reply at a turn end: the earlier row is always a prefix of the later one, which is what the rollout's
+    KV cache and the update's shared forwards rely on.
+
+    ## Rewards
+
+    The text env's reward of a turn, on the step that ends the turn; 0 on the other steps.
+
+    ## Starting State
+
+    ``reset(seed=...)`` draws the text env's seed from the env's RNG (below ``HELD_OUT_SEEDS``) and encodes the text
+    env's first message: as the first user turn plus the generation prompt with a chat template, else as
+    ``first_template``, after the tokenizer's BOS where it has one. ``reset(options={"text_env_seed": s})`` starts
+    the instance of seed ``s`` (how group sampling gives a group's episodes the same instance).
+
+    ## Episode End
+
+    ``terminated`` when the text env says so (a game won or lost); ``truncated`` when the text env truncates,
+    after ``max_turns`` turns, or when the window cannot hold the next reply plus a whole agent turn: a reply
+    that does not fit is not appended, and the episode ends there (SB3 bootstraps from the last observation).
+    The history is never cut: ``max_tokens`` bounds the whole conversation (the first message pinned by
+    construction), and a first message longer than ``max_tokens - max_turn_tokens`` is refused at reset.
+
+    ## Info
+
+    At each turn end: ``turn``, ``agent_text``, ``reply_text``, ``turn_reward`` and ``text_env_info`` (the text
+    env's own info); at the episode end also ``transcript`` (``[(agent_text, reply_text), ...]``) and
+    ``prompt``. ``reset`` returns ``{"prompt", "text_env_seed", "text_env_info"}``. Other steps return ``{}``.
+
+    ## Arguments
+
+    ```python
+    gym.make("TextGen-MultiTurn-v0", text_env=..., model=None, tokenizer=None, max_tokens=512,
+             max_turn_tokens=32, max_turns=None, turn_end_tokens=None, use_chat_template=None,
+             first_template="{observation}\\n", reply_template="\\n{reply}\\n", render_mode=None)
+    ```
+
+    * ``text_env``: an instance, a callable that makes one, or an id: ``"gem:ID"`` (GEM, ``lm-gym[gem]``),
+      ``"textarena:ID"`` (a single-player TextArena game). Copies of this env (vector envs, evaluation) make
+      their own text env from a callable or id, or deep-copy an instance.
+    * ``model`` / ``tokenizer``: the agent's tokenizer (``None``: the bundled one).
+    * ``max_tokens``: the observation window, the whole conversation.
+    * ``max_turn_tokens``: the longest agent turn; the env then appends the end token itself.
+    * ``max_turns``: turns per episode (``None``: as many as the text env and the window allow).
+    * ``turn_end_tokens``, ``use_chat_template``, ``first_template``, ``reply_template``: see :class:`TurnCodec`.
+    * ``render_mode``: ``"ansi"``, ``"human"`` or ``"rgb_array"``, as TextGen-v0.
+
+    ## Version History
+
+    * v0: Initial version (lm-gym 0.3).
+    """
+
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
+    reward_mode = "turn"  # rewards come per turn from the text env (group baselines sum them per episode)
+
+    def __init__(
+        self,
+        text_env: TextEnvSource,
+        model: ModelRef = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        max_tokens: int = 512,
+        max_turn_tokens: int = 32,
+        max_turns: int | None = None,
+        turn_end_tokens: Sequence[str | int] | None = None,
+        use_chat_template: bool | None = None,
+        first_template: str = "{observation}\n",
+        reply_template: str = "\n{reply}\n",
+        render_mode: str | None = None,
+    ):
+        if max_turn_tokens < 1:
+            raise ValueError(f"max_turn_tokens={max_turn_tokens}: must be at least 1.")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"max_turns={max_turns}: must be at least 1 (or None: no limit).")
+        if max_tokens < max_turn_tokens + 2:
+            raise ValueError(f"max_tokens={max_tokens} cannot hold a first message and an agent turn of "
+                             f"max_turn_tokens={max_turn_tokens}; raise max_tokens.")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: choose one of {self.metadata['render_modes']} or None.")
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model)
+        else:
+            ensure_pad_token(tokenizer)
+        self.tokenizer = tokenizer
+        self.codec = TurnCodec(tokenizer, use_chat_template, turn_end_tokens, first_template, reply_template)
+        self.text_env_source = text_env
+        self.text_env = make_text_env(text_env)
+        self.text_env_name = text_env if isinstance(text_env, str) else type(self.text_env).__name__
+        self.window, self.max_turn_tokens, self.max_turns = max_tokens, max_turn_tokens, max_turns
+        self.render_mode = render_mode
+        vocab_size = len(tokenizer)
+        self.action_space = spaces.Discrete(vocab_size)
+        self.observation_space = spaces.Dict({
+            "input_ids": spaces.Box(0, vocab_size - 1, shape=(max_tokens,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, shape=(max_tokens,), dtype=np.int64),
+        })
+        self.pad_token_id = tokenizer.pad_token_id
+        self.stop_token_ids = self.codec.turn_end_ids
+        self._ids: list[int] = []  # the whole conversation so far
+        self._turn_ids: list[int] = []  # the agent's tokens of the turn in progress
+        self._transcript: list[tuple[str, str]] = []
+        self._first_text: str | None = None
+        self._agent_tokens = 0
+        self._done = False
+        self._terminated = False
+        self._text_env_streams: tuple[Any, Any] | None = None  # the text env's own global random streams
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The most agent tokens an episode can hold (what rollout-length checks compare against)."""
+        turns = self.max_turns if self.max_turns is not None else max(1, self.window // (self.max_turn_tokens + 1))
+        return min(turns * self.max_turn_tokens, self.window)
+
+    def __copy__(self) -> MultiTurnEnv:
+        """A copy with its own text env (made again from a callable or id; a deep copy of an instance), so copies
+        never share a game in progress."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        source = self.text_env_source
+        clone.text_env = copy.deepcopy(self.text_env) if isinstance(source, TextEnv) and not isinstance(source, type) \
+            else make_text_env(source)
+        clone._ids, clone._turn_ids, clone._transcript = list(self._ids), list(self._turn_ids), list(self._transcript)
+        return clone
+
+    # ----- Gymnasium API -----
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        text_seed = options.get("text_env_seed")
+        if text_seed is None:
+            text_seed = int(self.np_random.integers(HELD_OUT_SEEDS))
+        text, text_info = self._call_text_env("reset", seed=int(text_seed))
+        ids = self.codec.first(text)
+        if len(ids) + self.max_turn_tokens + 1 > self.window:
+            raise ValueError(f"the first message of text env {self.text_env_name} (seed {text_seed}) is {len(ids)} "
+                             f"tokens; with an agent turn of max_turn_tokens={self.max_turn_tokens} it does not fit "
+                             f"max_tokens={self.window}: raise max_tokens.")
+        self._ids, self._turn_ids, self._transcript = ids, [], []
+        self._first_text, self._agent_tokens, self._done, self._terminated = text, 0, False, False
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), {"prompt": text, "text_env_seed": int(text_seed), "text_env_info": text_info}
+
+    def step(self, action: int | np.integer):
+        if self._first_text is None:
+            raise RuntimeError("step() called before reset(); call env.reset() first.")
+        if self._done:
+            raise RuntimeError("step() called after the episode ended; call env.reset() to start a new one.")
+        if not self.add_agent_token(self.check_action(action)):
+            return self._observation(), 0.0, False, False, {}
+        agent_text, (reply, reward, terminated, truncated, text_info) = self.end_turn()
+        reply_ids = self.codec.replies([reply])[0] if not self.episode_over(terminated, truncated) else []
+        return self.finish_turn(agent_text, reply, reply_ids, reward, terminated, truncated, text_info)
+
+    def render(self) -> str | np.ndarray | None:
+        if self._first_text is None:
+            return None
+        return render_text(self._first_text, self.completion, self.render_mode)
+
+    def action_masks(self) -> np.ndarray:
+        """All tokens allowed (MaskablePPO asks; a text env judges invalid turns itself)."""
+        return np.ones(self.action_space.n, dtype=bool)
+
+    # ----- the phases of a step (TextGenVecEnv-style vector envs call them across envs) -----
+
+    def check_action(self, action: Any) -> int:
+        try:
+            token = operator.index(action)
+        except TypeError:
+            token = -1
+        if not 0 <= token < self.action_space.n:
+            raise ValueError(f"action={action!r} is not a token id of the vocabulary: expected an integer in "
+                             f"[0, {self.action_space.n - 1}] (action_space={self.action_space}).")
+        return token
+
+    def add_agent_token(self, token: int) -> bool:
+        """Append the agent's token; True when it ends the turn (a turn-end token, or ``max_turn_tokens``)."""
+        self._ids.append(token)
+        self._turn_ids.append(token)
+        self._agent_tokens += 1
+        return token in self.codec.turn_end_ids or len(self._turn_ids) >= self.max_turn_tokens
+
+    def end_turn(self) -> tuple[str, tuple[str, float, bool, bool, dict[str, Any]]]:
+        """Close the agent's turn (appending the end token if the turn ran out of tokens) and play it in the text
+        env: ``(agent_text, text_env.step(agent_text))``."""
+        if self._turn_ids[-1] not in self.codec.turn_end_ids:
+            self._ids.append(self.codec.end_id)
+        agent_ids = [t for t in self._turn_ids if t not in self.codec.turn_end_ids]
+        agent_text = self.codec.decode(agent_ids)
+        self._turn_ids = []
+        reply, reward, terminated, truncated, info = self._call_text_env("step", agent_text)
+        return agent_text, (str(reply), float(reward), bool(terminated), bool(truncated), dict(info or {}))
+
+    def episode_over(self, terminated: bool, truncated: bool) -> bool:
+        """Whether a turn that the text env answered so ends the episode (before the window is looked at)."""
+        return terminated or truncated or (self.max_turns is not None and len(self._transcript) + 1 >= self.max_turns)
+
+    def finish_turn(self, agent_text: str, reply: str, reply_ids: list[int], reward: float, terminated: bool,
+                    truncated: bool, text_info: dict[str, Any]):
+        """Append the encoded reply (when the episode goes on and it fits) and build the step's return."""
+        over = self.episode_over(terminated, truncated)
+        self._transcript.append((agent_text, reply))
+        window_full = not over and len(self._ids) + len(reply_ids) + self.max_turn_tokens + 1 > self.window
+        if not over and not window_full:
+            self._ids.extend(reply_ids)
+        truncated = (truncated or over or window_full) and not terminated
+        self._done, self._terminated = terminated or truncated, terminated
+        info = {"turn": len(self._transcript), "agent_text": agent_text, "reply_text": reply, "turn_reward": reward,
+                "text_env_info": text_info}
+        if window_full:
+            info["window_full"] = True
+        if self._done:
+            info.update(prompt=self._first_text, transcript=list(self._transcript))
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), reward, terminated, truncated, info
+
+    # ----- what evaluation and rendering read -----
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Agent tokens so far (the env's tokens are not counted)."""
+        return self._agent_tokens
+
+    @property
+    def stopped(self) -> bool:
+        """The text env ended the episode (a game won or lost), not a turn or window limit."""
+        return self._terminated
+
+    @property
+    def completion(self) -> str:
+        """The conversation after the first message: each agent turn and the reply to it."""
+        return "".join(f"{agent}\n{reply}\n" for agent, reply in self._transcript)
+
+    # ----- checkpoints -----
+
+    def get_state(self) -> dict[str, Any]:
+        """The episode so far, the text env (a deep copy: it must pickle) and the RNG, for exact resume."""
+        return {"ids": list(self._ids), "turn_ids": list(self._turn_ids), "transcript": list(self._transcript),
+                "first_text": self._first_text, "agent_tokens": self._agent_tokens, "done": self._done,
+                "terminated": self._terminated, "text_env": copy.deepcopy(self.text_env),
+                "text_env_streams": self._text_env_streams, "rng": self.np_random.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._ids, self._turn_ids = list(state["ids"]), list(state["turn_ids"])
+        self._transcript, self._first_text = list(state["transcript"]), state["first_text"]
+        self._agent_tokens, self._done, self._terminated = state["agent_tokens"], state["done"], state["terminated"]
+        self.text_env = copy.deepcopy(state["text_env"])
+        self._text_env_streams = state["text_env_streams"]
+        self.np_random.bit_generator.state = state["rng"]
+
+    # ----- internals -----
+
+    def _observation(self) -> Observation:
+        input_ids = np.empty(self.window, dtype=np.int64)
+        attention_mask = np.empty(self.window, dtype=np.int64)
+        place_prompt(input_ids, attention_mask, self._ids, self.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _call_text_env(self, method: str, *args, **kwargs):
+        """Call the text env inside its own global random streams (Python's and numpy's legacy one): GEM reseeds
+        both at every reset, which would otherwise reseed the trainer's (SB3 shuffles minibatches with numpy's)."""
+        trainer_streams = random.getstate(), np.random.get_state()
+        if self._text_env_streams is not None:
+            random.setstate(self._text_env_streams[0])
+            np.random.set_state(self._text_env_streams[1])
+        try:
+            return getattr(self.text_env, method)(*args, **kwargs)
+        except Exception as error:
+            where = "reset" if method == "reset" else f"turn {len(self._transcript) + 1} on agent text {args[0]!r}"
+            raise RuntimeError(f"text env {self.text_env_name} raised in {method}() at {where}: "
+                               f"{type(error).__name__}: {error}") from error
+        finally:
+            self._text_env_streams = random.getstate(), np.random.get_state()
+            random.setstate(trainer_streams[0])
+            np.random.set_state(trainer_streams[1])
+

@@ -1,0 +1,166 @@
+"""MultiTurnVecEnv: ``num_envs`` multi-turn conversations in one SB3 VecEnv, replies encoded in one batch."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from lm_gym.env import Observation, append_token
+from lm_gym.multiturn import HELD_OUT_SEEDS, MultiTurnEnv
+from lm_gym.vector import GroupSchedule
+
+
+class MultiTurnVecEnv(VecEnv):
+    """``num_envs`` :class:`MultiTurnEnv` conversations stepped together.
+
+    Every env's observation lives in one ``(num_envs, window)`` array: a step shifts all rows by the new tokens
+    (array operations), and only the rows whose turn ended (or whose episode restarted) are rewritten. The envs
+    whose turns end in the same step play their turns in their text envs one by one (they are independent
+    Python objects) and have their replies encoded in one tokenizer call. Observations, rewards and episode
+    ends are those of ``num_envs`` single envs in a ``DummyVecEnv`` seeded alike (``seed(s)``: env ``i`` gets
+    ``s + i``); ``info`` is the single env's, plus ``terminal_observation`` on an episode's last step.
+
+    **Groups** (``group_size=G > 1``, GRPO/RLOO): ``G`` consecutive episode starts share one text-env seed, so
+    a group's episodes play the same task instance (the same secret number, the same puzzle) and their
+    outcomes are comparable; ``info["group"]`` names the group, as in :class:`lm_gym.TextGenVecEnv`.
+
+    Args:
+        num_envs: parallel conversations.
+        env: a ready :class:`MultiTurnEnv` to copy (each copy makes its own text env); else one is built from
+            ``env_kwargs`` (:class:`MultiTurnEnv`'s arguments, ``text_env=...`` among them).
+        group_size: episodes per group of one instance.
+    """
+
+    PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
+
+    def __init__(self, num_envs: int, env: MultiTurnEnv | None = None, group_size: int = 1, **env_kwargs: Any):
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be at least 1.")
+        if not 1 <= group_size <= num_envs:
+            raise ValueError(f"group_size={group_size}: must be between 1 and num_envs={num_envs}, so that a group's "
+                             "episodes can run side by side; raise n_envs or lower group_size.")
+        if env is not None and env_kwargs:
+            raise ValueError("pass either env=MultiTurnEnv(...) or the MultiTurnEnv arguments, not both.")
+        template = env.unwrapped if env is not None else MultiTurnEnv(**env_kwargs)
+        self.envs = [template] + [copy.copy(template) for _ in range(num_envs - 1)]
+        self.env = template  # the shared configuration (get_attr reads it)
+        super().__init__(num_envs, template.observation_space, template.action_space)
+        self.input_ids = np.full((num_envs, template.window), template.pad_token_id, dtype=np.int64)
+        self.attention_mask = np.zeros((num_envs, template.window), dtype=np.int64)
+        self.group_size = group_size
+        self.groups = GroupSchedule(group_size)
+        self.episode_group = np.full(num_envs, -1, dtype=np.int64)
+        self.actions: np.ndarray | None = None
+        self.started = False
+
+    # ----- the VecEnv API -----
+
+    def reset(self) -> VecEnvObs:
+        if self._seeds[0] is not None:
+            self.groups.seed(self._seeds[0])
+        for i in range(self.num_envs):
+            self.reset_infos[i] = self._start_episode(i, self._seeds[i], self._options[i] or None)
+        self._reset_seeds()
+        self._reset_options()
+        self.started = True
+        return self._observations()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self.started:
+            raise RuntimeError("step() called before reset(); call reset() first.")
+        tokens = np.asarray(self.actions).reshape(-1)
+        if tokens.shape != (self.num_envs,) or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"actions: expected {self.num_envs} integer token ids (shape ({self.num_envs},)), got "
+                             f"shape {np.asarray(self.actions).shape} and dtype {np.asarray(self.actions).dtype}.")
+        tokens = np.array([env.check_action(int(t)) for env, t in zip(self.envs, tokens)], dtype=np.int64)
+        ended = [i for i, (env, token) in enumerate(zip(self.envs, tokens)) if env.add_agent_token(int(token))]
+        append_token(self.input_ids, self.attention_mask, tokens)  # right for every row whose turn goes on
+        rewards = np.zeros(self.num_envs, dtype=np.float32)
+        dones = np.zeros(self.num_envs, dtype=bool)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        played = {i: self.envs[i].end_turn() for i in ended}
+        answered = [i for i in ended if not self.envs[i].episode_over(*played[i][1][2:4])]
+        reply_ids = dict(zip(answered, self.env.codec.replies([played[i][1][0] for i in answered])))
+        for i in ended:
+            agent_text, (reply, reward, terminated, truncated, text_info) = played[i]
+            obs, rewards[i], terminated, truncated, infos[i] = self.envs[i].finish_turn(
+                agent_text, reply, reply_ids.get(i, []), reward, terminated, truncated, text_info)
+            self._write(i, obs)
+            if terminated or truncated:
+                dones[i] = True
+                infos[i].update({"terminal_observation": obs, "TimeLimit.truncated": truncated and not terminated})
+                if self.group_size > 1:
+                    infos[i]["group"] = int(self.episode_group[i])
+                self.reset_infos[i] = self._start_episode(i)
+        return self._observations(), rewards, dones, infos
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The template env's attribute, once per index: configuration is shared by all envs."""
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        for i in self._get_indices(indices):
+            setattr(self.envs[i], attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        if method_name not in self.PER_ENV_METHODS:
+            raise AttributeError(f"MultiTurnVecEnv.env_method({method_name!r}): the per-env methods are "
+                                 f"{list(self.PER_ENV_METHODS)}.")
+        results = []
+        for i in self._get_indices(indices):
+            if method_name == "get_state":
+                state = self.envs[i].get_state()
+                if self.group_size > 1:
+                    state.update(group=int(self.episode_group[i]), groups=self.groups.get_state())
+                results.append(state)
+            elif method_name == "set_state":
+                state = method_args[0]
+                self.envs[i].set_state(state)
+                if self.group_size > 1:
+                    self.episode_group[i] = state["group"]
+                    self.groups.set_state(state["groups"])
+                self._write(i, self.envs[i]._observation())
+                self.started = True
+                results.append(None)
+            else:
+                results.append(getattr(self.envs[i], method_name)(*method_args, **method_kwargs))
+        return results
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [env.render() if env.render_mode == "rgb_array" else None for env in self.envs]
+
+    # ----- internals -----
+
+    def _start_episode(self, i: int, seed: int | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra = {}
+        if self.group_size > 1:
+            self.episode_group[i], text_seed = self.groups.take(lambda rng: int(rng.integers(HELD_OUT_SEEDS)))
+            options = {**(options or {}), "text_env_seed": text_seed}
+            extra["group"] = int(self.episode_group[i])
+        obs, info = self.envs[i].reset(seed=seed, options=options)
+        self._write(i, obs)
+        return {**info, **extra}
+
+    def _write(self, i: int, obs: Observation) -> None:
+        self.input_ids[i], self.attention_mask[i] = obs["input_ids"], obs["attention_mask"]
+
+    def _observations(self) -> VecEnvObs:
+        return {"input_ids": self.input_ids.copy(), "attention_mask": self.attention_mask.copy()}
+

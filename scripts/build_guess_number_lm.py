@@ -1,0 +1,207 @@
+"""Build TextGen-GuessNumber-v0's bundled LM: a small GPT-2 that plays guess-the-number, imperfectly.
+
+Offline and reproducible (fixed seeds, one thread). The traces are played *through the multi-turn env itself*
+(``lm_gym.MultiTurnEnv``), so the LM learns exactly the token layout RL will show it: the text env's first
+message, the agent's guess and EOS, the reply. The player is deliberately imperfect: each guess is the midpoint of
+the range left with probability 0.2, any number from 1 to 100 with probability 0.2 (ignoring the hints), and else
+a uniform pick from the range left (success within 7 guesses: 0.43). A fifth of the traces are GEM's
+``game:GuessTheNumber-v0-easy`` (1 to 10 in 4 turns, guesses written ``\\boxed{n}``, GEM's own replies), so the
+same LM trains on that GEM env offline too (fewer: GEM's instructions make them long). The loss covers the agent's tokens only (the env's replies are
+context). Training stops at the first check where the sampled success on the 20 held-out secrets (8 samples each,
+temperature 1, as RL samples) reaches ``--target`` (default 0.3): RL then starts between 0.1 and 0.6.
+
+    python scripts/build_guess_number_lm.py          # rewrites lm_gym/assets/guess-number-lm (needs gem-llm)
+
+Needs torch, transformers, tokenizers (lm-gym's dependencies) and gem-llm (``pip install 'lm-gym[gem]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from build_default_lm import build_tokenizer, save_portable_tokenizer  # noqa: E402
+from agents.lm.kv_cache import RolloutKVCache  # noqa: E402
+from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
+from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_SECRETS, HIGH, LOW, GuessNumber, \
+    guess_number_defaults  # noqa: E402
+
+GEM_ID = "gem:game:GuessTheNumber-v0-easy"
+N_POSITIONS = 512  # room for GEM's long instructions
+
+
+class Player:
+    """The imperfect scripted player: tracks what the hints leave and guesses, mostly carelessly."""
+
+    def __init__(self, rng: random.Random, low: int, high: int, boxed: bool):
+        self.rng, self.low, self.high, self.lo, self.hi, self.boxed = rng, low, high, low, high, boxed
+
+    def guess(self) -> int:
+        roll = self.rng.random()
+        if roll < 0.2:
+            return (self.lo + self.hi) // 2
+        if roll < 0.4:
+            return self.rng.randint(self.low, self.high)
+        return self.rng.randint(self.lo, self.hi)
+
+    def text(self, guess: int) -> str:
+        return f"\\boxed{{{guess}}}" if self.boxed else str(guess)
+
+    def hear(self, guess: int, secret: int) -> None:
+        if guess < secret:
+            self.lo = max(self.lo, guess + 1)
+        elif guess > secret:
+            self.hi = min(self.hi, guess - 1)
+
+
+def play(env: MultiTurnEnv, player: Player, secret_of, seed: int) -> tuple[list[int], list[int]]:
+    """One episode through the token-level env: (all ids, the positions of the agent's tokens)."""
+    env.reset(seed=seed)
+    secret = secret_of(env)
+    agent_positions, done = [], False
+    while not done:
+        guess = player.guess()
+        for token in [*env.codec.encode(player.text(guess)), env.codec.end_id]:
+            agent_positions.append(len(env._ids))
+            _, _, terminated, truncated, info = env.step(token)
+            done = terminated or truncated
+            if info or done:
+                break
+        player.hear(guess, secret)
+    return list(env._ids), agent_positions
+
+
+def transcripts(rng: random.Random, episodes: int) -> list[str]:
+    """Texts of scripted games of both formats, to train the tokenizer on."""
+    texts = []
+    ours = GuessNumber("train")
+    for _ in range(episodes):
+        first, _ = ours.reset(seed=rng.randrange(10**6))
+        player, texts_of_game = Player(rng, LOW, HIGH, boxed=False), [first]
+        done = False
+        while not done:
+            guess = player.guess()
+            reply, _, done, _, _ = ours.step(player.text(guess))
+            player.hear(guess, ours.secret)
+            texts_of_game += [player.text(guess), reply]
+        texts.append("\n".join(texts_of_game))
+    gem = MultiTurnEnv(GEM_ID, max_tokens=10_000).text_env
+    for _ in range(episodes):
+        first, _ = gem.reset(seed=rng.randrange(10**6))
+        player, texts_of_game, done = Player(rng, gem.min_number, gem.max_number, boxed=True), [first], False
+        while not done:
+            guess = player.guess()
+            reply, _, terminated, truncated, _ = gem.step(player.text(guess))
+            done = terminated or truncated
+            player.hear(guess, gem.game_number)
+            texts_of_game += [player.text(guess), reply]
+        texts.append("\n".join(texts_of_game))
+    return texts
+
+
+def token_traces(tokenizer: PreTrainedTokenizerFast, rng: random.Random, episodes: int):
+    """Agent-token-masked training rows of both games, played through MultiTurnEnv with ``tokenizer``."""
+    ours = MultiTurnEnv(**{**guess_number_defaults("train"), "model": None, "tokenizer": tokenizer})
+    gem = MultiTurnEnv(GEM_ID, tokenizer=tokenizer, max_tokens=N_POSITIONS, max_turn_tokens=12)
+    rows = []
+    for i in range(episodes):
+        rows.append(play(ours, Player(rng, LOW, HIGH, boxed=False), lambda e: e.text_env.secret, rng.randrange(10**6)))
+        if i % 4 == 0:  # GEM's games are long (its instructions): a quarter as many
+            rows.append(play(gem, Player(rng, 1, 10, boxed=True), lambda e: e.text_env.game_number,
+                             rng.randrange(10**6)))
+    return rows
+
+
+@torch.no_grad()
+def sampled_success(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, samples: int = 8, seed: int = 0) -> float:
+    """Success on the held-out secrets, sampling at temperature 1 through the env and the rollout KV cache."""
+    model.eval()
+    torch.manual_seed(seed)
+    template = MultiTurnEnv(**{**guess_number_defaults("test"), "model": None, "tokenizer": tokenizer})
+    envs = [template.__copy__() for _ in range(HELD_OUT_SECRETS * samples)]
+    observations = [env.reset(seed=i, options={"text_env_seed": i % HELD_OUT_SECRETS})[0] for i, env in enumerate(envs)]
+    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+    cache = RolloutKVCache()
+    while not done.all():
+        batch = {k: torch.as_tensor(np.stack([o[k] for o in observations])) for k in observations[0]}
+        logits, _ = cache(model, batch, len(tokenizer), weights_version=0, hidden=False)
+        tokens = torch.multinomial(logits.softmax(-1), 1).squeeze(1).tolist()
+        for i, env in enumerate(envs):
+            if not done[i]:
+                observations[i], reward, terminated, truncated, _ = env.step(tokens[i])
+                returns[i] += reward
+                done[i] = terminated or truncated
+    model.train()
+    return float(returns.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=GUESS_NUMBER_MODEL)
+    parser.add_argument("--target", type=float, default=0.3, help="stop at this sampled held-out success")
+    parser.add_argument("--episodes", type=int, default=4000, help="scripted games of each format")
+    parser.add_argument("--max-steps", type=int, default=20_000)
+    parser.add_argument("--check-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    random.seed(args.seed)  # GEM draws its numbers from the global stream (seeded again by every reset)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # bit-for-bit reproducible on CPU
+    tokenizer = build_tokenizer(transcripts(rng, 2000), vocab_size=384)
+    tokenizer.model_max_length = N_POSITIONS
+    rows = token_traces(tokenizer, rng, args.episodes)
+    width = max(len(ids) for ids, _ in rows)
+    lengths = torch.tensor([len(ids) for ids, _ in rows])
+    data = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)  # the loss covers the agent's tokens only
+    for i, (ids, agent) in enumerate(rows):
+        data[i, : len(ids)] = torch.tensor(ids)
+        labels[i, agent] = data[i, agent]
+    print(f"{len(rows)} traces, up to {width} tokens, vocab {len(tokenizer)}", flush=True)
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=64, n_layer=2, n_head=4,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    model.train()
+    success = 0.0
+    for step in range(1, args.max_steps + 1):
+        index = torch.randint(len(data), (32,), generator=generator)
+        columns = slice(0, int(lengths[index].max()))  # right padding beyond the batch's longest row is dropped
+        batch = data[index, columns]
+        loss = model(input_ids=batch, attention_mask=(batch != tokenizer.pad_token_id).long(),
+                     labels=labels[index, columns]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % args.check_every == 0:
+            success = sampled_success(model, tokenizer)
+            print(f"step {step:5d}  loss {loss.item():.3f}  held-out sampled success {success:.3f}", flush=True)
+            if success >= args.target:
+                break
+    else:
+        raise SystemExit(f"held-out success {success:.3f} never reached --target {args.target}")
+
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(args.out)
+    save_portable_tokenizer(tokenizer, args.out)
+    print(f"saved {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tokenizer)} to {args.out} "
+          f"after {step} steps; held-out sampled success {success:.3f}")
+
+
+if __name__ == "__main__":
+    main()
