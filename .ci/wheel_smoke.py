@@ -19,10 +19,23 @@ installed = Path(lm_gym.__file__).resolve()
 if source_tree in installed.parents:
     sys.exit(f"lm_gym was imported from the source tree ({installed}), not from the installed wheel.")
 
+class Echo:
+    """A text env for TextGen-MultiTurn-v0, the one registered env that needs an argument."""
+
+    def reset(self, seed=None):
+        self.turns = 0
+        return "say something", {}
+
+    def step(self, text):
+        self.turns += 1
+        return f"you said {text}", 1.0, self.turns == 2, False, {}
+
+
+ARGUMENTS = {"TextGen-MultiTurn-v0": {"text_env": Echo, "max_tokens": 48, "max_turn_tokens": 4}}
 ids = [env_id for env_id, spec in gym.registry.items() if str(spec.entry_point).startswith("lm_gym")]
 assert ids, "no lm-gym env is registered"
 for env_id in ids:
-    env = gym.make(env_id)
+    env = gym.make(env_id, **ARGUMENTS.get(env_id, {}))
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs), env_id
     steps, done = 0, False

@@ -30,6 +30,7 @@ from lm_gym.rewards import (
     make_reward,
     register_reward,
 )
+from lm_gym.tasks import GUESS_NUMBER_MODEL, GuessNumber, GuessNumberEnv
 from lm_gym.turns import TurnCodec
 from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
@@ -41,9 +42,11 @@ if "TextGen-Arithmetic-v0" not in registry:
     register(id="TextGen-Arithmetic-v0", entry_point="lm_gym.arithmetic:ArithmeticEnv")
 if "TextGen-MultiTurn-v0" not in registry:
     register(id="TextGen-MultiTurn-v0", entry_point="lm_gym.multiturn:MultiTurnEnv")
+if "TextGen-GuessNumber-v0" not in registry:
+    register(id="TextGen-GuessNumber-v0", entry_point="lm_gym.tasks.guess_number:GuessNumberEnv")
 
 __all__ = [
-    "ARITHMETIC_MODEL", "ArithmeticEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
+    "ARITHMETIC_MODEL", "ArithmeticEnv", "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
     "TextEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
     "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
     "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",

@@ -13,7 +13,7 @@ from typing import Any
 from lm_gym.prompts import Prompt
 from lm_gym.rewards import Reward, register_reward
 
-EXTRAS = {"gem": "gem", "textarena": "textarena", "reasoning_gym": "reasoning-gym"}
+EXTRAS = {"gem": "gem", "textarena": "textarena", "reasoning_gym": "reasoning-gym"}  # module -> extra
 
 
 def _import(module: str):

@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
-from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer, start_token_ids
+from lm_gym.models import ModelRef, start_token_ids, tokenizer_for
 from lm_gym.prompts import Prompt, PromptSource, load_prompts
 from lm_gym.rewards import Reward, make_reward, score
 
@@ -129,13 +129,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
             raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1.")
         if reward_mode not in ("sparse", "dense"):
             raise ValueError(f"reward_mode={reward_mode!r}: choose 'sparse' or 'dense'.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: choose one of {self.metadata['render_modes']} or None.")
-        if tokenizer is None:
-            tokenizer = load_tokenizer(model)
-        else:
-            ensure_pad_token(tokenizer)
-        self.tokenizer = tokenizer
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        self.tokenizer = tokenizer = tokenizer_for(model, tokenizer)
         self.reward = make_reward(reward, **(reward_kwargs or {}))
         self.reward_mode = reward_mode
         self.render_mode = render_mode
@@ -343,6 +338,11 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         if self._prompt is None:
             return None
         return render_text(self._prompt.text, self.completion, self.render_mode)
+
+
+def check_render_mode(mode: str | None, modes: list[str]) -> None:
+    if mode is not None and mode not in modes:
+        raise ValueError(f"render_mode={mode!r}: choose one of {modes} or None.")
 
 
 def render_text(prompt: str, completion: str, mode: str | None) -> str | np.ndarray | None:

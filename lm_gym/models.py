@@ -32,6 +32,14 @@ def load_tokenizer(model: ModelRef = None) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def tokenizer_for(model: ModelRef, tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
+    """``tokenizer`` when the caller has one (made able to pad), else ``model``'s, loaded."""
+    if tokenizer is None:
+        return load_tokenizer(model)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, source: str = "the tokenizer") -> None:
     if tokenizer.pad_token_id is not None:
         return

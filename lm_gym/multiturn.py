@@ -6,6 +6,7 @@ import copy
 import operator
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -13,8 +14,8 @@ import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
-from lm_gym.env import Observation, place_prompt, render_text
-from lm_gym.models import ModelRef, ensure_pad_token, load_tokenizer
+from lm_gym.env import Observation, check_render_mode, place_prompt, render_text
+from lm_gym.models import ModelRef, tokenizer_for
 from lm_gym.turns import TurnCodec
 
 
@@ -28,6 +29,18 @@ class TextEnv(Protocol):
 
 
 TextEnvSource = TextEnv | Callable[[], TextEnv] | str
+
+
+@dataclass
+class Turn:
+    """One agent turn as the text env answered it."""
+
+    agent_text: str
+    reply: str
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
 # Seeds that training envs draw for their text envs lie below this; held-out instances use seeds from here on.
 HELD_OUT_SEEDS = 1_000_000
 
@@ -99,8 +112,9 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
     ## Info
 
     At each turn end: ``turn``, ``agent_text``, ``reply_text``, ``turn_reward`` and ``text_env_info`` (the text
-    env's own info); at the episode end also ``transcript`` (``[(agent_text, reply_text), ...]``) and
-    ``prompt``. ``reset`` returns ``{"prompt", "text_env_seed", "text_env_info"}``. Other steps return ``{}``.
+    env's own info); at the episode end also ``transcript`` (``[(agent_text, reply_text), ...]``) and, as
+    TextGen-v0's last step, ``prompt``, ``completion`` (the conversation after the first message) and
+    ``num_new_tokens`` (the agent's tokens). ``reset`` returns ``{"prompt", "text_env_seed", "text_env_info"}``. Other steps return ``{}``.
 
     ## Arguments
 
@@ -149,13 +163,8 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         if max_tokens < max_turn_tokens + 2:
             raise ValueError(f"max_tokens={max_tokens} cannot hold a first message and an agent turn of "
                              f"max_turn_tokens={max_turn_tokens}; raise max_tokens.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: choose one of {self.metadata['render_modes']} or None.")
-        if tokenizer is None:
-            tokenizer = load_tokenizer(model)
-        else:
-            ensure_pad_token(tokenizer)
-        self.tokenizer = tokenizer
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        self.tokenizer = tokenizer = tokenizer_for(model, tokenizer)
         self.codec = TurnCodec(tokenizer, use_chat_template, turn_end_tokens, first_template, reply_template)
         self.text_env_source = text_env
         self.text_env = make_text_env(text_env)
@@ -223,9 +232,8 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
             raise RuntimeError("step() called after the episode ended; call env.reset() to start a new one.")
         if not self.add_agent_token(self.check_action(action)):
             return self._observation(), 0.0, False, False, {}
-        agent_text, (reply, reward, terminated, truncated, text_info) = self.end_turn()
-        reply_ids = self.codec.replies([reply])[0] if not self.episode_over(terminated, truncated) else []
-        return self.finish_turn(agent_text, reply, reply_ids, reward, terminated, truncated, text_info)
+        turn = self.end_turn()
+        return self.finish_turn(turn, self.codec.replies([turn.reply])[0] if not self.episode_over(turn) else [])
 
     def render(self) -> str | np.ndarray | None:
         if self._first_text is None:
@@ -255,37 +263,39 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         self._agent_tokens += 1
         return token in self.codec.turn_end_ids or len(self._turn_ids) >= self.max_turn_tokens
 
-    def end_turn(self) -> tuple[str, tuple[str, float, bool, bool, dict[str, Any]]]:
+    def end_turn(self) -> Turn:
         """Close the agent's turn (appending the end token if the turn ran out of tokens) and play it in the text
-        env: ``(agent_text, text_env.step(agent_text))``."""
+        env."""
         if self._turn_ids[-1] not in self.codec.turn_end_ids:
             self._ids.append(self.codec.end_id)
         agent_ids = [t for t in self._turn_ids if t not in self.codec.turn_end_ids]
         agent_text = self.codec.decode(agent_ids)
         self._turn_ids = []
         reply, reward, terminated, truncated, info = self._call_text_env("step", agent_text)
-        return agent_text, (str(reply), float(reward), bool(terminated), bool(truncated), dict(info or {}))
+        return Turn(agent_text, str(reply), float(reward), bool(terminated), bool(truncated), dict(info or {}))
 
-    def episode_over(self, terminated: bool, truncated: bool) -> bool:
-        """Whether a turn that the text env answered so ends the episode (before the window is looked at)."""
-        return terminated or truncated or (self.max_turns is not None and len(self._transcript) + 1 >= self.max_turns)
+    def episode_over(self, turn: Turn) -> bool:
+        """Whether the episode ends with this turn (before the window is looked at): no reply needs encoding."""
+        return turn.terminated or turn.truncated or (self.max_turns is not None
+                                                     and len(self._transcript) + 1 >= self.max_turns)
 
-    def finish_turn(self, agent_text: str, reply: str, reply_ids: list[int], reward: float, terminated: bool,
-                    truncated: bool, text_info: dict[str, Any]):
+    def finish_turn(self, turn: Turn, reply_ids: list[int]):
         """Append the encoded reply (when the episode goes on and it fits) and build the step's return."""
-        over = self.episode_over(terminated, truncated)
+        over = self.episode_over(turn)
+        agent_text, reply, reward, terminated = turn.agent_text, turn.reply, turn.reward, turn.terminated
         self._transcript.append((agent_text, reply))
         window_full = not over and len(self._ids) + len(reply_ids) + self.max_turn_tokens + 1 > self.window
         if not over and not window_full:
             self._ids.extend(reply_ids)
-        truncated = (truncated or over or window_full) and not terminated
+        truncated = (turn.truncated or over or window_full) and not terminated
         self._done, self._terminated = terminated or truncated, terminated
         info = {"turn": len(self._transcript), "agent_text": agent_text, "reply_text": reply, "turn_reward": reward,
-                "text_env_info": text_info}
+                "text_env_info": turn.info}
         if window_full:
             info["window_full"] = True
-        if self._done:
-            info.update(prompt=self._first_text, transcript=list(self._transcript))
+        if self._done:  # TextGen-v0's last-step keys too, so loggers of either kind read the same
+            info.update(prompt=self._first_text, completion=self.completion, num_new_tokens=self._agent_tokens,
+                        transcript=list(self._transcript))
         if self.render_mode == "human":
             self.render()
         return self._observation(), reward, terminated, truncated, info

@@ -87,13 +87,11 @@ class MultiTurnVecEnv(VecEnv):
         rewards = np.zeros(self.num_envs, dtype=np.float32)
         dones = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        played = {i: self.envs[i].end_turn() for i in ended}
-        answered = [i for i in ended if not self.envs[i].episode_over(*played[i][1][2:4])]
-        reply_ids = dict(zip(answered, self.env.codec.replies([played[i][1][0] for i in answered])))
+        turns = {i: self.envs[i].end_turn() for i in ended}  # each text env plays its turn
+        going_on = [i for i in ended if not self.envs[i].episode_over(turns[i])]
+        reply_ids = dict(zip(going_on, self.env.codec.replies([turns[i].reply for i in going_on])))  # one call
         for i in ended:
-            agent_text, (reply, reward, terminated, truncated, text_info) = played[i]
-            obs, rewards[i], terminated, truncated, infos[i] = self.envs[i].finish_turn(
-                agent_text, reply, reply_ids.get(i, []), reward, terminated, truncated, text_info)
+            obs, rewards[i], terminated, truncated, infos[i] = self.envs[i].finish_turn(turns[i], reply_ids.get(i, []))
             self._write(i, obs)
             if terminated or truncated:
                 dones[i] = True

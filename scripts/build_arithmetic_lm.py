@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from build_default_lm import save_portable_tokenizer  # noqa: E402
+from training_loop import save_bundled_lm, train_until_target  # noqa: E402
 from lm_gym.arithmetic import ARITHMETIC_MODEL, arithmetic_problems  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<pad>"
@@ -79,32 +79,16 @@ def main() -> None:
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed)
-    model.train()
-    accuracy = 0.0
-    for step in range(1, args.max_steps + 1):
-        index = torch.randint(len(data), (64,), generator=generator)
-        loss = model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
-                     labels=labels[index]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % args.check_every == 0:
-            accuracy = sampled_accuracy(model, tokenizer, test)
-            print(f"step {step:5d}  loss {loss.item():.3f}  held-out sampled accuracy {accuracy:.3f}", flush=True)
-            if accuracy >= args.target:
-                break
-    else:
-        raise SystemExit(f"held-out accuracy {accuracy:.3f} never reached --target {args.target}")
 
-    model.eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(args.out)
-    save_portable_tokenizer(tokenizer, args.out)
-    print(f"saved {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tokenizer)} to {args.out} "
-          f"after {step} steps; held-out sampled accuracy {accuracy:.3f}")
+    def batch_loss(step: int) -> torch.Tensor:
+        index = torch.randint(len(data), (64,), generator=generator)
+        return model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
+                     labels=labels[index]).loss
+
+    steps, accuracy = train_until_target(model, batch_loss, lambda: sampled_accuracy(model, tokenizer, test),
+                                         args.target, args.max_steps, args.check_every, lr=1e-3, what="accuracy")
+    save_bundled_lm(model, tokenizer, args.out, steps, "accuracy", accuracy)
 
 
 if __name__ == "__main__":

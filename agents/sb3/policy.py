@@ -208,10 +208,10 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
 class EpisodeLengthMonitor:
     """Warns once when the update runs far more LM forwards than episode-ordered minibatches would.
 
-    Rollouts tell how long episodes are (the KV cache sees rows continue or restart). An update minibatch
-    whose rows share forwards with fewer than half as many other rows as that (SB3's default buffer
-    shuffles single steps, so most of an episode's steps land in other minibatches) pays up to an episode
-    length's worth of forwards per token; :class:`agents.EpisodeRolloutBuffer` removes that.
+    Rollouts tell how long episodes are (the KV cache sees rows continue or restart). An update minibatch of at
+    least four episodes' worth of rows whose rows share forwards with fewer than half as many other rows as that
+    (SB3's default buffer shuffles single steps, so most of an episode's steps land in other minibatches) pays up
+    to an episode length's worth of forwards per token; :class:`agents.EpisodeRolloutBuffer` removes that.
     """
 
     def __init__(self, rollout_cache: RolloutKVCache) -> None:
@@ -223,7 +223,9 @@ class EpisodeLengthMonitor:
         if self.warned or rows < 16 or not restarts:
             return
         episode_length = self.rollout_cache.rows_seen / restarts
-        if episode_length >= 4 and rows / forwards < episode_length / 2:
+        # Whole-episode minibatches give rows / forwards = their own episodes' mean length, which a small minibatch
+        # (the last of an epoch, a few short episodes) can put far from the rollout's: judge large ones only.
+        if episode_length >= 4 and rows >= 4 * episode_length and rows / forwards < episode_length / 2:
             self.warned = True
             warnings.warn(
                 f"LMActorCriticPolicy: this update minibatch of {rows} steps needed {forwards} LM forwards, while "
