@@ -6,17 +6,15 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from lm_gym.env import Observation, append_token
 from lm_gym.multiturn import HELD_OUT_SEEDS, MultiTurnEnv
-from lm_gym.vector import GroupSchedule
+from lm_gym.vector import GroupSchedule, TokenVecEnv
 
 
-class MultiTurnVecEnv(VecEnv):
+class MultiTurnVecEnv(TokenVecEnv):
     """``num_envs`` :class:`MultiTurnEnv` conversations stepped together.
 
     Every env's observation lives in one ``(num_envs, window)`` array: a step shifts all rows by the new tokens
@@ -59,29 +57,10 @@ class MultiTurnVecEnv(VecEnv):
         self.actions: np.ndarray | None = None
         self.started = False
 
-    # ----- the VecEnv API -----
-
-    def reset(self) -> VecEnvObs:
-        if self._seeds[0] is not None:
-            self.groups.seed(self._seeds[0])
-        for i in range(self.num_envs):
-            self.reset_infos[i] = self._start_episode(i, self._seeds[i], self._options[i] or None)
-        self._reset_seeds()
-        self._reset_options()
-        self.started = True
-        return self._observations()
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self.actions = actions
+    # ----- the VecEnv API (reset, step_async, get_attr: TokenVecEnv's) -----
 
     def step_wait(self) -> VecEnvStepReturn:
-        if not self.started:
-            raise RuntimeError("step() called before reset(); call reset() first.")
-        tokens = np.asarray(self.actions).reshape(-1)
-        if tokens.shape != (self.num_envs,) or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"actions: expected {self.num_envs} integer token ids (shape ({self.num_envs},)), got "
-                             f"shape {np.asarray(self.actions).shape} and dtype {np.asarray(self.actions).dtype}.")
-        tokens = np.array([env.check_action(int(t)) for env, t in zip(self.envs, tokens)], dtype=np.int64)
+        tokens = self._check_actions(self.actions)
         ended = [i for i, (env, token) in enumerate(zip(self.envs, tokens)) if env.add_agent_token(int(token))]
         append_token(self.input_ids, self.attention_mask, tokens)  # right for every row whose turn goes on
         rewards = np.zeros(self.num_envs, dtype=np.float32)
@@ -104,11 +83,6 @@ class MultiTurnVecEnv(VecEnv):
     def close(self) -> None:
         for env in self.envs:
             env.close()
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """The template env's attribute, once per index: configuration is shared by all envs."""
-        value = getattr(self.env, attr_name)
-        return [value for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         for i in self._get_indices(indices):
@@ -137,9 +111,6 @@ class MultiTurnVecEnv(VecEnv):
             else:
                 results.append(getattr(self.envs[i], method_name)(*method_args, **method_kwargs))
         return results
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         return [env.render() if env.render_mode == "rgb_array" else None for env in self.envs]

@@ -22,7 +22,52 @@ from lm_gym.prompts import Prompt
 from lm_gym.rewards import Reward, score
 
 
-class TextGenVecEnv(VecEnv):
+class TokenVecEnv(VecEnv):
+    """What lm-gym's two vector envs share: one template env's configuration, group scheduling, seeded resets and
+    token-action checks. Subclasses hold ``env`` (the template), ``groups`` and define ``_start_episode(i, seed,
+    options)`` and ``_observations()``."""
+
+    env: Any
+    groups: GroupSchedule
+
+    def reset(self) -> VecEnvObs:
+        if self._seeds[0] is not None:
+            self.groups.seed(self._seeds[0])
+        for i in range(self.num_envs):
+            self.reset_infos[i] = self._start_episode(i, self._seeds[i], self._options[i] or None)
+        self._reset_seeds()
+        self._reset_options()
+        self.started = True
+        return self._observations()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = actions
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The template env's attribute, once per index: configuration is shared by all envs."""
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]  # no per-env wrappers: monitor with VecMonitor
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        """``(num_envs,)`` int64 token ids, or the single env's error for the first bad one."""
+        if not self.started:
+            raise RuntimeError("step() called before reset(); call reset() first.")
+        tokens = np.asarray(actions)
+        if tokens.shape not in ((self.num_envs,), (self.num_envs, 1)) or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"actions: expected {self.num_envs} integer token ids (shape ({self.num_envs},)), got "
+                             f"shape {tokens.shape} and dtype {tokens.dtype}.")
+        tokens = tokens.reshape(self.num_envs).astype(np.int64, copy=False)
+        bad = (tokens < 0) | (tokens >= self.action_space.n)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self.env.check_action(int(tokens[i]))  # raises the single env's error for that action
+        return tokens
+
+
+class TextGenVecEnv(TokenVecEnv):
     """``num_envs`` TextGen-v0 episodes in one SB3 ``VecEnv``, stepped with array operations.
 
     Every env's ``input_ids`` and ``attention_mask`` live in one ``(num_envs, window)`` array; a step shifts
@@ -80,24 +125,7 @@ class TextGenVecEnv(VecEnv):
 
     # ----- the VecEnv API -----
 
-    def reset(self) -> VecEnvObs:
-        if self._seeds[0] is not None:
-            self.groups.seed(self._seeds[0])
-        for i in range(self.num_envs):
-            if self._seeds[i] is not None:
-                self.rngs[i] = seeding.np_random(self._seeds[i])[0]
-            self.reset_infos[i] = self._start_episode(i, self._options[i] or None)
-        self._reset_seeds()
-        self._reset_options()
-        self.started = True
-        return self._observations()
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self.actions = actions
-
     def step_wait(self) -> VecEnvStepReturn:
-        if not self.started:
-            raise RuntimeError("step() called before reset(); call reset() first.")
         tokens = self._check_actions(self.actions)
         template, rows = self.env, np.arange(self.num_envs)
         append_token(self.input_ids, self.attention_mask, tokens)
@@ -127,11 +155,6 @@ class TextGenVecEnv(VecEnv):
     def close(self) -> None:
         self.env.close()
 
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """The template env's attribute, once per index: configuration is shared by all envs."""
-        value = getattr(self.env, attr_name)
-        return [value for _ in self._get_indices(indices)]
-
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
             raise ValueError(f"set_attr({attr_name!r}) on some envs only: the envs of a TextGenVecEnv share one "
@@ -145,9 +168,6 @@ class TextGenVecEnv(VecEnv):
                                  "venv.unwrapped.env.")
         method = getattr(self, f"_env_{method_name}")
         return [method(i, *method_args, **method_kwargs) for i in self._get_indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False for _ in self._get_indices(indices)]  # no per-env wrappers: monitor with VecMonitor
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         """Each env's text as an RGB frame (``render_mode="rgb_array"``; SB3's ``render()`` tiles them)."""
@@ -193,8 +213,10 @@ class TextGenVecEnv(VecEnv):
 
     # ----- internals -----
 
-    def _start_episode(self, i: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _start_episode(self, i: int, seed: int | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         template, info = self.env, {}
+        if seed is not None:
+            self.rngs[i] = seeding.np_random(seed)[0]
         if self.group_size > 1:
             if options and "prompt" in options:
                 raise ValueError("reset options={'prompt': ...} with group_size > 1: a group's prompt is drawn for the "
@@ -208,18 +230,6 @@ class TextGenVecEnv(VecEnv):
         if template.reward_mode == "dense":
             self.last_score[i] = template.score([self.prompts[i]], [""])[0]
         return {"prompt": self.prompts[i].text, **info}
-
-    def _check_actions(self, actions: Any) -> np.ndarray:
-        tokens = np.asarray(actions)
-        if tokens.shape not in ((self.num_envs,), (self.num_envs, 1)) or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"actions: expected {self.num_envs} integer token ids (shape ({self.num_envs},)), got "
-                             f"shape {tokens.shape} and dtype {tokens.dtype}.")
-        tokens = tokens.reshape(self.num_envs).astype(np.int64, copy=False)
-        bad = (tokens < 0) | (tokens >= self.action_space.n)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            self.env.check_action(int(tokens[i]))  # raises the single env's error for that action
-        return tokens
 
     def _completions(self, rows: np.ndarray) -> list[str]:
         """Decoded completions of ``rows``, in one batched call of the tokenizer."""
