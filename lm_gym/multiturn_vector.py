@@ -38,14 +38,7 @@ class MultiTurnVecEnv(TokenVecEnv):
     PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
 
     def __init__(self, num_envs: int, env: MultiTurnEnv | None = None, group_size: int = 1, **env_kwargs: Any):
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}: must be at least 1.")
-        if not 1 <= group_size <= num_envs:
-            raise ValueError(f"group_size={group_size}: must be between 1 and num_envs={num_envs}, so that a group's "
-                             "episodes can run side by side; raise n_envs or lower group_size.")
-        if env is not None and env_kwargs:
-            raise ValueError("pass either env=MultiTurnEnv(...) or the MultiTurnEnv arguments, not both.")
-        template = env.unwrapped if env is not None else MultiTurnEnv(**env_kwargs)
+        template = self.template(MultiTurnEnv, num_envs, env, group_size, env_kwargs)
         self.envs = [template] + [copy.copy(template) for _ in range(num_envs - 1)]
         self.env = template  # the shared configuration (get_attr reads it)
         super().__init__(num_envs, template.observation_space, template.action_space)

@@ -30,6 +30,18 @@ class TokenVecEnv(VecEnv):
     env: Any
     groups: GroupSchedule
 
+    @staticmethod
+    def template(env_class: type, num_envs: int, env: Any, group_size: int, env_kwargs: dict[str, Any]) -> Any:
+        """The template env (``env``, or one built from ``env_kwargs``), after checking the arguments."""
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be at least 1.")
+        if not 1 <= group_size <= num_envs:
+            raise ValueError(f"group_size={group_size}: must be between 1 and num_envs={num_envs}, so that a group's "
+                             "episodes can run side by side; raise n_envs or lower group_size.")
+        if env is not None and env_kwargs:
+            raise ValueError(f"pass either env={env_class.__name__}(...) or the {env_class.__name__} arguments, not both.")
+        return env.unwrapped if env is not None else env_class(**env_kwargs)
+
     def reset(self) -> VecEnvObs:
         if self._seeds[0] is not None:
             self.groups.seed(self._seeds[0])
@@ -99,14 +111,7 @@ class TextGenVecEnv(TokenVecEnv):
     PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
 
     def __init__(self, num_envs: int, env: TextGenEnv | None = None, group_size: int = 1, **env_kwargs: Any):
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}: must be at least 1.")
-        if not 1 <= group_size <= num_envs:
-            raise ValueError(f"group_size={group_size}: must be between 1 and num_envs={num_envs}, so that a group's "
-                             "episodes can run side by side; raise n_envs or lower group_size.")
-        if env is not None and env_kwargs:
-            raise ValueError("pass either env=TextGenEnv(...) or the TextGenEnv arguments, not both.")
-        self.env = env.unwrapped if env is not None else TextGenEnv(**env_kwargs)
+        self.env = self.template(TextGenEnv, num_envs, env, group_size, env_kwargs)
         super().__init__(num_envs, self.env.observation_space, self.env.action_space)
         n, template = num_envs, self.env
         self.input_ids = np.full((n, template.window), template.pad_token_id, dtype=np.int64)
