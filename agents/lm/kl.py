@@ -6,6 +6,8 @@ The penalty subtracted from each token's reward is ``coef * kl`` with ``kl`` fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -76,17 +78,24 @@ def kl_estimate(log_ratio: np.ndarray, estimator: str) -> np.ndarray:
 
 
 @torch.no_grad()
+def chosen_log_probs(logits_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], observations: dict[str, np.ndarray],
+                     actions: np.ndarray, device: torch.device | str, batch_size: int = 512) -> np.ndarray:
+    """``log softmax(logits_of(obs))[action]`` for flat arrays of N observations ``(N, W)`` and actions ``(N,)``, in
+    consecutive batches of ``batch_size`` rows (so an episode's steps, kept next to each other, share forwards)."""
+    out = np.empty(len(actions), dtype=np.float32)
+    for start in range(0, len(actions), batch_size):
+        part = slice(start, start + batch_size)
+        obs = {key: torch.as_tensor(np.asarray(value[part]), device=device) for key, value in observations.items()}
+        chosen = torch.as_tensor(np.asarray(actions[part]), device=device).long().view(-1, 1)
+        out[part] = logits_of(obs).log_softmax(-1).gather(1, chosen).squeeze(1).float().cpu().numpy()
+    return out
+
+
 def reference_log_probs(reference: nn.Module, observations: dict[str, np.ndarray], actions: np.ndarray,
                         n_actions: int, device: torch.device | str, batch_size: int = 512) -> np.ndarray:
     """``log q(action | observation)`` under the reference LM, for flat arrays of N observations ``(N, W)``.
 
     Rows that continue one another (an episode's steps) share one forward (see ``next_token_logits``).
     """
-    out = np.empty(len(actions), dtype=np.float32)
-    for start in range(0, len(actions), batch_size):
-        part = slice(start, start + batch_size)
-        obs = {key: torch.as_tensor(np.asarray(value[part]), device=device) for key, value in observations.items()}
-        logits, _ = next_token_logits(reference, obs, n_actions, hidden=False)
-        chosen = torch.as_tensor(np.asarray(actions[part]), device=device).long().view(-1, 1)
-        out[part] = logits.log_softmax(-1).gather(1, chosen).squeeze(1).cpu().numpy()
-    return out
+    return chosen_log_probs(lambda obs: next_token_logits(reference, obs, n_actions, hidden=False)[0], observations,
+                            actions, device, batch_size)

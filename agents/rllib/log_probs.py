@@ -10,6 +10,7 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
+from agents.lm.kl import chosen_log_probs
 from agents.rllib.segments import token_steps
 
 
@@ -35,14 +36,8 @@ class RecomputeLogProbs(ConnectorV2):
         steps = token_steps(self, episodes, shared_data)
         if steps is None:
             return batch
-        device = next(module.parameters()).device
-        recomputed = np.empty_like(steps.log_probs)
-        for start in range(0, len(recomputed), self.batch_size):
-            part = slice(start, start + self.batch_size)
-            obs = {key: torch.as_tensor(value[part], device=device) for key, value in steps.observations.items()}
-            logits, _ = module.logits_and_hidden(obs)
-            chosen = torch.as_tensor(steps.actions[part], device=device).long()[:, None]
-            recomputed[part] = logits.log_softmax(-1).gather(1, chosen).squeeze(1).cpu().numpy()
+        recomputed = chosen_log_probs(lambda obs: module.logits_and_hidden(obs)[0], steps.observations, steps.actions,
+                                      next(module.parameters()).device, self.batch_size)
         for (episode, n), log_probs in zip(steps.segments, steps.split(recomputed)):
             for key, values in ((Columns.ACTION_LOGP, log_probs), (Columns.ACTION_DIST_INPUTS, log_probs[:, None])):
                 episode.set_extra_model_outputs(key=key, new_data=values, at_indices=slice(0, n))

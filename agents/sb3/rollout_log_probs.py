@@ -20,6 +20,7 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.lm.kl import chosen_log_probs
 from agents.sb3.buffers import EpisodeBatches
 from agents.sb3.policy import LMActorCriticPolicy
 
@@ -48,13 +49,17 @@ def policy_log_probs(policy: LMActorCriticPolicy, buffer: RolloutBuffer, masked:
 
     ``masked``: under the masks the update applies (the env's, stored by MaskablePPO, and NLPO's nucleus), as
     ``evaluate_actions`` computes them; else the LM's plain softmax over the whole vocabulary.
-    ``batches``: the flat (env-major, ``env * n_steps + step``) rows of each forward; default: consecutive
-    runs of ``batch_size`` rows.
+    ``batches`` (masked only): the flat (env-major, ``env * n_steps + step``) rows of each forward; default:
+    consecutive runs of ``batch_size`` rows.
     """
     n_steps, n_envs = buffer.rewards.shape
     observations = {key: env_major(value) for key, value in buffer.observations.items()}
     actions = env_major(buffer.actions).reshape(-1)
-    masks = buffer_masks(buffer) if masked else None
+    if not masked:
+        out = chosen_log_probs(lambda obs: policy.logits_and_hidden(obs)[0], observations, actions, policy.device,
+                               batch_size)
+        return out.reshape(n_envs, n_steps).T
+    masks = buffer_masks(buffer)
     masks = None if masks is None else env_major(masks)
     out = np.empty(len(actions), dtype=np.float32)
     if batches is None:
@@ -62,11 +67,7 @@ def policy_log_probs(policy: LMActorCriticPolicy, buffer: RolloutBuffer, masked:
     for part in batches:
         obs = {key: torch.as_tensor(value[part], device=policy.device) for key, value in observations.items()}
         chosen = torch.as_tensor(actions[part], device=policy.device).long()
-        if masked:
-            _, log_prob, _ = policy.evaluate_actions(obs, chosen, None if masks is None else masks[part])
-        else:
-            logits, _ = policy.logits_and_hidden(obs)
-            log_prob = logits.log_softmax(-1).gather(1, chosen[:, None]).squeeze(1)
+        _, log_prob, _ = policy.evaluate_actions(obs, chosen, None if masks is None else masks[part])
         out[part] = log_prob.float().cpu().numpy()
     return out.reshape(n_envs, n_steps).T
 
