@@ -192,7 +192,7 @@ def kept_fraction_by_length(weighted: bool, rollouts: int = 300, n_steps: int = 
     rng = np.random.default_rng(0)
     venv.reset()
     planned = rng.choice([1, 2, 16], size=8)
-    length, groups_now = np.zeros(8, dtype=int), np.full(8, -1)
+    length = np.zeros(8, dtype=int)
     ran = {1: 0, 2: 0, 16: 0}
     counted = {1: 0.0, 2: 0.0, 16: 0.0}
     starts_next = np.ones(8, dtype=bool)
