@@ -1,7 +1,8 @@
 """lm-gym: RL fine-tuning of causal language models as a Gymnasium environment.
 
 Importing the package registers ``"TextGen-v0"``, ``"TextGen-Arithmetic-v0"``, ``"TextGen-MultiTurn-v0"`` (any
-text env, GEM's API, at the token level) and ``"TextGen-GuessNumber-v0"``. In worker processes that
+text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-GuessNumber-v0"``,
+``"TextGen-Calculator-v0"`` and ``"TextGen-GridWorld-v0"``. :func:`suite` lists the tasks with a known optimum. In worker processes that
 never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
 
@@ -30,7 +31,18 @@ from lm_gym.rewards import (
     make_reward,
     register_reward,
 )
-from lm_gym.tasks import GUESS_NUMBER_MODEL, GuessNumber, GuessNumberEnv
+from lm_gym.suite import SuiteTask, suite, suite_task
+from lm_gym.tasks import (
+    CALCULATOR_MODEL,
+    GRID_WORLD_MODEL,
+    GUESS_NUMBER_MODEL,
+    Calculator,
+    CalculatorEnv,
+    GridWorld,
+    GridWorldEnv,
+    GuessNumber,
+    GuessNumberEnv,
+)
 from lm_gym.turns import TurnCodec
 from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
@@ -44,9 +56,14 @@ if "TextGen-MultiTurn-v0" not in registry:
     register(id="TextGen-MultiTurn-v0", entry_point="lm_gym.multiturn:MultiTurnEnv")
 if "TextGen-GuessNumber-v0" not in registry:
     register(id="TextGen-GuessNumber-v0", entry_point="lm_gym.tasks.guess_number:GuessNumberEnv")
+if "TextGen-Calculator-v0" not in registry:
+    register(id="TextGen-Calculator-v0", entry_point="lm_gym.tasks.calculator:CalculatorEnv")
+if "TextGen-GridWorld-v0" not in registry:
+    register(id="TextGen-GridWorld-v0", entry_point="lm_gym.tasks.grid_world:GridWorldEnv")
 
 __all__ = [
-    "ARITHMETIC_MODEL", "ArithmeticEnv", "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
+    "ARITHMETIC_MODEL", "ArithmeticEnv", "CALCULATOR_MODEL", "Calculator", "CalculatorEnv", "GRID_WORLD_MODEL",
+    "GridWorld", "GridWorldEnv", "SuiteTask", "suite", "suite_task", "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
     "TextEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
     "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
     "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",

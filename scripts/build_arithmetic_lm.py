@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from training_loop import save_bundled_lm, train_until_target  # noqa: E402
+from task_lm import save_bundled_lm, train_until_target  # noqa: E402
 from lm_gym.arithmetic import ARITHMETIC_MODEL, arithmetic_problems  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<pad>"

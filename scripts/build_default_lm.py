@@ -75,9 +75,13 @@ def review(rng: random.Random) -> str:
     return opener + " . ".join(sentences) + " ."
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: list[str], vocab_size: int, individual_digits: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``corpus``; ``individual_digits``: every digit a token of its own (no merges), so
+    numbers are spelled digit by digit, the same wherever they appear."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
+        if individual_digits else byte_level
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -3,13 +3,15 @@
 Offline and reproducible (fixed seeds, one thread). The traces are played *through the multi-turn env itself*
 (``lm_gym.MultiTurnEnv``), so the LM learns exactly the token layout RL will show it: the text env's first
 message, the agent's guess and EOS, the reply. The player is deliberately imperfect: each guess is the midpoint of
-the range left with probability 0.2, any number from 1 to 100 with probability 0.2 (ignoring the hints), and else
-a uniform pick from the range left (success within 7 guesses: 0.43). A fifth of the traces are GEM's
+the range left with probability 0.35, any number from 1 to 100 with probability 0.2 (ignoring the hints), and else
+a uniform pick from the range left (success within 7 guesses: 0.46). A fifth of the traces are GEM's
 ``game:GuessTheNumber-v0-easy`` (1 to 10 in 4 turns, guesses written ``\\boxed{n}``, GEM's own replies), so the
-same LM trains on that GEM env offline too (fewer: GEM's instructions make them long). The loss covers the agent's tokens only (the env's replies are
-context). Training stops at the first check where the sampled success on the 20 held-out secrets (8 samples each,
-temperature 1, as RL samples) reaches ``--target`` (default 0.2; the imitation plateaus near 0.2 with this
-LM size, where the player itself succeeds 0.43 of the time): RL then starts between 0.1 and 0.6, far from 1.0.
+same LM trains on that GEM env offline too (fewer: GEM's instructions make them long). The tokenizer spells
+numbers digit by digit (no BPE merges across digits), so that the midpoint of "51 to 100" is a computation on
+digits rather than a lookup over 100 number tokens; the LM (3 layers x 128) is large enough to pick up part of
+that computation. The loss covers the agent's tokens only (the env's replies are context). Training stops at
+the first check where the sampled success on the 20 held-out secrets (8 samples each, temperature 1, as RL
+samples) reaches ``--target`` (default 0.3): RL then starts between 0.1 and 0.6, far from 1.0.
 
     python scripts/build_guess_number_lm.py          # rewrites lm_gym/assets/guess-number-lm (needs gem-llm)
 
@@ -23,15 +25,13 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from build_default_lm import build_tokenizer  # noqa: E402
-from training_loop import save_bundled_lm, train_until_target  # noqa: E402
-from agents.lm.kv_cache import RolloutKVCache  # noqa: E402
+from task_lm import as_batchable, play, sampled_return, save_bundled_lm, train_until_target  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_SECRETS, HIGH, LOW, GuessNumber, \
     guess_number_defaults  # noqa: E402
@@ -41,16 +41,25 @@ N_POSITIONS = 512  # room for GEM's long instructions
 
 
 class Player:
-    """The imperfect scripted player: tracks what the hints leave and guesses, mostly carelessly."""
+    """The imperfect scripted player of one game: tracks what the hints leave and guesses, mostly carelessly.
+    ``secret_of(env)`` reads the game's secret from the env (to follow the hints of either game's format)."""
 
-    def __init__(self, rng: random.Random, low: int, high: int, boxed: bool):
+    def __init__(self, rng: random.Random, low: int, high: int, boxed: bool, secret_of=None):
         self.rng, self.low, self.high, self.lo, self.hi, self.boxed = rng, low, high, low, high, boxed
+        self.secret_of, self.last = secret_of, None
+
+    def __call__(self, env: MultiTurnEnv) -> str:
+        """The next turn's text (:func:`task_lm.play`'s ``next_turn``), after hearing how the last guess went."""
+        if self.last is not None:
+            self.hear(self.last, self.secret_of(env))
+        self.last = self.guess()
+        return self.text(self.last)
 
     def guess(self) -> int:
         roll = self.rng.random()
-        if roll < 0.2:
+        if roll < 0.35:
             return (self.lo + self.hi) // 2
-        if roll < 0.4:
+        if roll < 0.55:
             return self.rng.randint(self.low, self.high)
         return self.rng.randint(self.lo, self.hi)
 
@@ -62,23 +71,6 @@ class Player:
             self.lo = max(self.lo, guess + 1)
         elif guess > secret:
             self.hi = min(self.hi, guess - 1)
-
-
-def play(env: MultiTurnEnv, player: Player, secret_of, seed: int) -> tuple[list[int], list[int]]:
-    """One episode through the token-level env: (all ids, the positions of the agent's tokens)."""
-    env.reset(seed=seed)
-    secret = secret_of(env)
-    agent_positions, done = [], False
-    while not done:
-        guess = player.guess()
-        for token in [*env.codec.encode(player.text(guess)), env.codec.end_id]:
-            agent_positions.append(len(env._ids))
-            _, _, terminated, truncated, info = env.step(token)
-            done = terminated or truncated
-            if info or done:
-                break
-        player.hear(guess, secret)
-    return list(env._ids), agent_positions
 
 
 def transcripts(rng: random.Random, episodes: int) -> list[str]:
@@ -113,52 +105,19 @@ def token_traces(tokenizer: PreTrainedTokenizerFast, rng: random.Random, episode
     """Agent-token-masked training rows of both games, played through MultiTurnEnv with ``tokenizer``."""
     ours = MultiTurnEnv(**{**guess_number_defaults("train"), "model": None, "tokenizer": tokenizer})
     gem = MultiTurnEnv(GEM_ID, tokenizer=tokenizer, max_tokens=N_POSITIONS, max_turn_tokens=12)
-    rows = [play(ours, Player(rng, LOW, HIGH, boxed=False), lambda e: e.text_env.secret, rng.randrange(10**6))
+    rows = [play(ours, Player(rng, LOW, HIGH, False, lambda e: e.text_env.secret), rng.randrange(10**6))
             for _ in range(episodes)]
     # GEM's games are long (its instructions): a quarter as many, trained on in batches of their own.
-    gem_rows = [play(gem, Player(rng, 1, 10, boxed=True), lambda e: e.text_env.game_number, rng.randrange(10**6))
+    gem_rows = [play(gem, Player(rng, 1, 10, True, lambda e: e.text_env.game_number), rng.randrange(10**6))
                 for _ in range(episodes // 4)]
     return rows, gem_rows
-
-
-def as_batchable(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and labels that cover the agent's tokens only (the env's replies are context)."""
-    data = torch.full((len(rows), max(len(ids) for ids, _ in rows)), pad_id)
-    labels = torch.full_like(data, -100)
-    for i, (ids, agent) in enumerate(rows):
-        data[i, : len(ids)] = torch.tensor(ids)
-        labels[i, agent] = data[i, agent]
-    return data, labels
-
-
-@torch.no_grad()
-def sampled_success(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, samples: int = 8, seed: int = 0) -> float:
-    """Success on the held-out secrets, sampling at temperature 1 through the env and the rollout KV cache."""
-    model.eval()
-    torch.manual_seed(seed)
-    template = MultiTurnEnv(**{**guess_number_defaults("test"), "model": None, "tokenizer": tokenizer})
-    envs = [template.__copy__() for _ in range(HELD_OUT_SECRETS * samples)]
-    observations = [env.reset(seed=i, options={"text_env_seed": i % HELD_OUT_SECRETS})[0] for i, env in enumerate(envs)]
-    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
-    cache = RolloutKVCache()
-    while not done.all():
-        batch = {k: torch.as_tensor(np.stack([o[k] for o in observations])) for k in observations[0]}
-        logits, _ = cache(model, batch, len(tokenizer), weights_version=0, hidden=False)
-        tokens = torch.multinomial(logits.softmax(-1), 1).squeeze(1).tolist()
-        for i, env in enumerate(envs):
-            if not done[i]:
-                observations[i], reward, terminated, truncated, _ = env.step(tokens[i])
-                returns[i] += reward
-                done[i] = terminated or truncated
-    model.train()
-    return float(returns.mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=GUESS_NUMBER_MODEL)
-    parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out success")
-    parser.add_argument("--episodes", type=int, default=4000, help="scripted games of each format")
+    parser.add_argument("--target", type=float, default=0.3, help="stop at this sampled held-out success")
+    parser.add_argument("--episodes", type=int, default=8000, help="scripted games of each format")
     parser.add_argument("--max-steps", type=int, default=20_000)
     parser.add_argument("--check-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
@@ -168,14 +127,14 @@ def main() -> None:
     random.seed(args.seed)  # GEM draws its numbers from the global stream (seeded again by every reset)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # bit-for-bit reproducible on CPU
-    tokenizer = build_tokenizer(transcripts(rng, 2000), vocab_size=384)
+    tokenizer = build_tokenizer(transcripts(rng, 2000), vocab_size=384, individual_digits=True)
     tokenizer.model_max_length = N_POSITIONS
     ours, gem = token_traces(tokenizer, rng, args.episodes)
     pools = [as_batchable(ours, tokenizer.pad_token_id), as_batchable(gem, tokenizer.pad_token_id)]
     print(f"{len(ours)} + {len(gem)} GEM traces, up to {pools[0][0].shape[1]} / {pools[1][0].shape[1]} tokens, "
           f"vocab {len(tokenizer)}", flush=True)
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=64, n_layer=2, n_head=4,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=3, n_head=4,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     model = GPT2LMHeadModel(config)
@@ -187,8 +146,10 @@ def main() -> None:
         return model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
                      labels=labels[index]).loss
 
-    steps, success = train_until_target(model, batch_loss, lambda: sampled_success(model, tokenizer), args.target,
-                                        args.max_steps, args.check_every, lr=2e-3, what="success")
+    held_out = MultiTurnEnv(**{**guess_number_defaults("test"), "model": None, "tokenizer": tokenizer})
+    instances = [{"text_env_seed": i} for i in range(HELD_OUT_SECRETS)]
+    steps, success = train_until_target(model, batch_loss, lambda: sampled_return(model, held_out, instances, 8),
+                                        args.target, args.max_steps, args.check_every, lr=2e-3, what="success")
     save_bundled_lm(model, tokenizer, args.out, steps, "success", success)
 
 if __name__ == "__main__":

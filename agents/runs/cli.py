@@ -12,6 +12,7 @@ from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
 from agents.runs.config import BACKENDS, TASKS, TrainConfig, read_yaml
 from agents.runs.train import train
+from lm_gym.suite import suite
 
 HELP = {
     "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
@@ -34,8 +35,9 @@ HELP = {
     "eval_split": "held-out split of the --prompts dataset, e.g. 'test[:64]'",
     "eval_fraction": "hold out this fraction of --prompts for the report",
     "prompt_column": "text column of a Hugging Face dataset given as --prompts",
-    "steps": "total env steps (generated tokens) to train on",
-    "kl_coef": "KL-to-initial-LM coefficient (initial value when --kl-target is set)",
+    "steps": "total env steps (generated tokens) to train on (default: the task's tuned budget, else 49152)",
+    "kl_coef": "KL-to-initial-LM coefficient, the initial value when --kl-target is set (default: the task's, else "
+               "0.05)",
     "kl_target": "adaptive KL: target KL per episode in nats",
     "recompute_log_probs": "true/false: recompute the rollout's log-probs with the update's forward before each "
                            "update (default: on under bfloat16 dtype/autocast_dtype, where the two paths differ)",
@@ -97,22 +99,32 @@ def add_evaluate_parser(commands) -> None:
 
 def add_compare_parser(commands) -> None:
     parser = commands.add_parser(
-        "compare", help="train several algorithms x seeds on one task; write curves.png, results.md, results.json",
+        "compare", help="train several algorithms x seeds on one task or the task suite; write curves, tables, JSON",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--algos", default="ppo,grpo,rloo,reinforce,a2c,maskable_ppo,trpo",
                         help=f"comma-separated; SB3: {', '.join(BACKENDS['sb3'])}; RLlib: rllib_ppo, appo, impala")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8192, help="env steps per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="env steps per run (default: each task's tuned budget, else 49152)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="multiply each task's own step budget (instead of --steps), e.g. 0.25 for a quick suite")
     parser.add_argument("--every", type=int, default=None, help="env steps between learning-curve points")
-    parser.add_argument("--env", default="TextGen-v0", help=HELP["env"])
+    parser.add_argument("--env", action="append", default=None,
+                        help=HELP["env"].split(";")[0] + "; repeat it to compare on several tasks (default: TextGen-v0)")
+    parser.add_argument("--suite", action="store_true",
+                        help=f"compare on every task of the suite (known optima): {', '.join(t.env_id for t in suite())}")
     parser.add_argument("--model", default=None, help=HELP["model"])
     parser.add_argument("--reward", default=None, help=HELP["reward"])
     parser.add_argument("--reward-kwargs", type=json.loads, default={}, help=HELP["reward_kwargs"])
     parser.add_argument("--max-new-tokens", type=int, default=None, help=HELP["max_new_tokens"])
     parser.add_argument("--env-kwargs", type=json.loads, default={},
                         help='any other TextGenEnv arguments as JSON, e.g. \'{"stop_tokens": []}\'')
-    parser.add_argument("--kl-coef", type=float, default=0.0, help="KL shaping for the on-policy algorithms")
+    parser.add_argument("--kl-coef", type=float, default=None,
+                        help="KL shaping for the on-policy algorithms (default: each task's, else 0.05)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="for every policy-gradient run (default: each task's, else each algorithm's)")
+    parser.add_argument("--n-steps", type=int, default=None, help="env steps per env per rollout (default: as above)")
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--device", default="auto")
@@ -146,12 +158,15 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "evaluate":
         evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)
     elif args.command == "compare":
-        rllib = {name: getattr(args, name) for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address")}
-        base = TrainConfig(env=args.env, model=args.model, reward=args.reward, reward_kwargs=args.reward_kwargs,
-                           max_new_tokens=args.max_new_tokens, steps=args.steps, n_envs=args.n_envs,
-                           kl_coef=args.kl_coef, device=args.device, eval_samples=args.eval_samples, out=args.out,
-                           env_options=args.env_kwargs, **rllib)
-        compare([a.strip() for a in args.algos.split(",") if a.strip()], args.seeds, base, every=args.every)
+        if args.suite and args.env:
+            raise SystemExit("lm-gym compare: give --suite or --env, not both (--suite runs every suite task).")
+        envs = [task.env_id for task in suite()] if args.suite else args.env or ["TextGen-v0"]
+        options = {name: getattr(args, name) for name in (
+            "model", "reward", "reward_kwargs", "max_new_tokens", "steps", "n_envs", "kl_coef", "learning_rate",
+            "n_steps", "device",
+            "eval_samples", "out", "num_env_runners", "num_envs_per_env_runner", "ray_address")}
+        compare([a.strip() for a in args.algos.split(",") if a.strip()], args.seeds, envs, every=args.every,
+                budget_scale=args.budget_scale, env_options=args.env_kwargs, **options)
 
 
 if __name__ == "__main__":

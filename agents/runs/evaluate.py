@@ -13,7 +13,7 @@ from rich.table import Table
 from agents.sb3.algorithms import ALGORITHMS
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
-from agents.runs.train import TrainConfig, make_eval_env
+from agents.runs.train import TrainConfig, fraction_of_optimum, make_eval_env
 from lm_gym.prompts import PromptSource, load_prompts
 
 COLUMNS = {"reward_mean": "reward", "kl_mean": "KL to initial LM", "perplexity": "perplexity (initial LM)",
@@ -56,12 +56,17 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
     stats = summarize(episodes)
     result = {"run": str(run), "weights": str(weights), "prompts": len(texts), "stats": stats,
               "samples": episodes_to_dicts(episodes)}
-    out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
-    out.write_text(json.dumps(result, indent=2))
     table = Table("metric", "value",
                   title=f"{run.name}: {len(texts)} held-out prompts x {samples} samples")
     for key, name in COLUMNS.items():
         table.add_row(name, f"{stats[key]:.3f}")
+    task = config.suite_task
+    if task is not None and prompts is None:  # the optimum is the held-out instances'
+        result.update(optimum=task.optimum, metric=task.metric)
+        table.add_row(f"optimum ({task.metric}, {task.solver})", f"{task.optimum:.3f}")
+        table.add_row("reward / optimum", fraction_of_optimum(stats["reward_mean"], task))
+    out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
+    out.write_text(json.dumps(result, indent=2))
     console = console or Console()
     console.print(table)
     console.print(f"wrote {out}")

@@ -26,9 +26,15 @@ from agents.runs.sb3_backend import SB3Trainer
 from lm_gym.env import TextGenEnv
 from lm_gym.multiturn import MultiTurnEnv
 from lm_gym.prompts import Prompt
+from lm_gym.suite import SuiteTask
 
 __all__ = ["BACKENDS", "RLLIB_ONLY", "TASKS", "Task", "TrainConfig", "make_eval_env", "make_trainer", "new_run_dir",
            "read_yaml", "resolve_algorithm", "task_of", "train"]
+
+def fraction_of_optimum(score: float, task: SuiteTask | None) -> str:
+    """``score / optimum`` as text ("-" for a task without a known optimum)."""
+    return f"{score / task.optimum:.2f}" if task is not None else "-"
+
 
 def new_run_dir(base: str | Path, name: str) -> Path:
     """A fresh directory under ``base``; an existing run is never reused or overwritten."""
@@ -127,14 +133,19 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
         train_seconds = time.perf_counter() - start
         after, after_episodes = evaluate()
         after_samples = episodes_to_dicts(after_episodes)
-        print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples)
+        print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples,
+                     config.suite_task)
 
         trainer.save(run_dir)
         trainer.policy.save_pretrained(run_dir / "lm")
     finally:
         trainer.close()
+    task = config.suite_task
     summary = {"config": asdict(config), "train_seconds": train_seconds, "resumed_at": done or None,
-               "before": before, "after": after, "samples_before": before_samples, "samples_after": after_samples}
+               "before": before, "after": after,
+               # The held-out optimum, on reward_mean's scale (None: the task has no known optimum).
+               "optimum": task.optimum if task else None, "metric": task.metric if task else None,
+               "samples_before": before_samples, "samples_after": after_samples}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     saved = ", ".join(f"{run_dir}/{name}" for name in trainer.final_files)
     console.print(f"trained in {train_seconds:.0f} s; saved {saved} ({config.backend}), {run_dir}/lm (Hugging Face), "
@@ -143,14 +154,21 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
 
 
 def print_report(console: Console, before: dict, after: dict, before_samples: list[dict], after_samples: list[dict],
-                 n_prompts: int, per_prompt: int) -> None:
+                 n_prompts: int, per_prompt: int, task: SuiteTask | None = None) -> None:
+    """The before/after table on held-out prompts (or instances), with the task's optimum where it is known."""
     table = Table(title=f"held-out prompts ({n_prompts} x {per_prompt} samples)")
-    for column in ("", "reward", "KL to initial LM (nats)", "distinct-2", "tokens"):
+    for column in ("", "reward", "of optimum", "KL to initial LM (nats)", "distinct-2", "tokens"):
         table.add_column(column)
     for name, stats in (("before", before), ("after", after)):
-        table.add_row(name, f"{stats['reward_mean']:+.3f} ± {stats['reward_std']:.3f}", f"{stats['kl_mean']:.2f}",
+        table.add_row(name, f"{stats['reward_mean']:+.3f} ± {stats['reward_std']:.3f}",
+                      fraction_of_optimum(stats["reward_mean"], task), f"{stats['kl_mean']:.2f}",
                       f"{stats['distinct_2']:.2f}", f"{stats['length_mean']:.1f}")
+    if task is not None:
+        table.add_row("optimum", f"{task.optimum:+.3f}", "1.00", "", "", "")
     console.print(table)
+    if task is not None:
+        detail = f", {task.optimum_detail}" if task.optimum_detail else ""
+        console.print(f"optimum ({task.metric}): {task.optimum:.3f} by {task.solver}{detail}")
     samples = Table(title="samples (first per prompt)")
     for column in ("prompt", "before", "after"):
         samples.add_column(column)

@@ -93,7 +93,7 @@ class GuessNumberEnv(MultiTurnEnv):
     step. The optimum is known: binary search finds every number within 7 guesses (success 1.0; 5.8 guesses on
     average over the 100 numbers, 5.95 over the 20 held-out ones). The bundled LM
     (``scripts/build_guess_number_lm.py``) learned the format from an imperfect scripted player and succeeds on
-    about a fifth of the held-out games, so RL has room.
+    about 0.3 of the held-out games, so RL has room.
 
     ## Action Space
 
