@@ -66,7 +66,7 @@ def test_the_bundled_lm_starts_clearly_between_zero_and_the_optimum():
     torch.manual_seed(0)
     episodes = sample_episodes(policy, env, [{"text_env_seed": i} for i in range(HELD_OUT_SECRETS)], 8)
     success = np.mean([e.reward for e in episodes])
-    assert 0.1 <= success <= 0.4, success  # measured 0.2 (the optimum is 1.0)
+    assert 0.1 <= success <= 0.6, success  # measured 0.34 (the optimum is 1.0)
     assert all(e.completion.count("\n") >= 2 for e in episodes)  # it plays the format: guess, reply, ...
 
 
