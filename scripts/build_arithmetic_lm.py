@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from task_lm import save_bundled_lm, train_until_target  # noqa: E402
+from task_lm import random_batches, save_bundled_lm, small_gpt2, train_until_target  # noqa: E402
 from lm_gym.arithmetic import ARITHMETIC_MODEL, arithmetic_problems  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<pad>"
@@ -75,16 +75,8 @@ def main() -> None:
         answer_start = len(tokenizer(train[i].text)["input_ids"])
         labels[i, answer_start: len(ids)] = data[i, answer_start: len(ids)]
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=ROW, n_embd=128, n_layer=3, n_head=4,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    def batch_loss(step: int) -> torch.Tensor:
-        index = torch.randint(len(data), (64,), generator=generator)
-        return model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
-                     labels=labels[index]).loss
+    model = small_gpt2(tokenizer, ROW)
+    batch_loss = random_batches(model, data, labels, tokenizer.pad_token_id, 64, torch.Generator().manual_seed(args.seed))
 
     steps, accuracy = train_until_target(model, batch_loss, lambda: sampled_accuracy(model, tokenizer, test),
                                          args.target, args.max_steps, args.check_every, lr=1e-3, what="accuracy")

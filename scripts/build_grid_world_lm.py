@@ -17,14 +17,11 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from task_lm import as_batchable, play, sampled_return, save_bundled_lm, train_until_target, \
-    word_level_tokenizer  # noqa: E402
+from task_lm import build_multi_turn_lm, play, word_level_tokenizer  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, HELD_OUT_LAYOUTS, MOVES, GridWorld, grid_world_defaults, \
     optimal_moves  # noqa: E402
@@ -62,27 +59,9 @@ def main() -> None:
     env = MultiTurnEnv(**{**grid_world_defaults("train"), "model": None, "tokenizer": tokenizer})
     next_turn = walker(rng, args.skill)
     rows = [play(env, next_turn, rng.randrange(10**6)) for _ in range(args.episodes)]
-    data, labels = as_batchable(rows, tokenizer.pad_token_id)
-    print(f"{len(rows)} traces (the walker's mean return {np.mean([r.episode_return for r in rows]):.3f}), up to "
-          f"{data.shape[1]} tokens, vocab {len(tokenizer)}", flush=True)
-
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=3, n_head=4,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    def batch_loss(step: int) -> torch.Tensor:
-        index = torch.randint(len(data), (32,), generator=generator)
-        return model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
-                     labels=labels[index]).loss
-
     held_out = MultiTurnEnv(**{**grid_world_defaults("test"), "model": None, "tokenizer": tokenizer})
-    instances = [{"text_env_seed": i} for i in range(HELD_OUT_LAYOUTS)]
-    steps, value = train_until_target(model, batch_loss, lambda: sampled_return(model, held_out, instances, 2),
-                                      args.target, args.max_steps, args.check_every, lr=1e-3, what="return")
-    save_bundled_lm(model, tokenizer, args.out, steps, "return", value)
-
+    build_multi_turn_lm(tokenizer, rows, held_out, HELD_OUT_LAYOUTS, N_POSITIONS, args.out, args.target,
+                        args.max_steps, args.check_every, args.seed, samples=2, batch_size=32, what="return")
 
 if __name__ == "__main__":
     main()

@@ -26,12 +26,13 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from build_default_lm import build_tokenizer  # noqa: E402
-from task_lm import as_batchable, play, sampled_return, save_bundled_lm, train_until_target  # noqa: E402
+from task_lm import as_batchable, play, random_batches, sampled_return, save_bundled_lm, small_gpt2, \
+    train_until_target  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_SECRETS, HIGH, LOW, GuessNumber, \
     guess_number_defaults  # noqa: E402
@@ -134,23 +135,19 @@ def main() -> None:
     print(f"{len(ours)} + {len(gem)} GEM traces, up to {pools[0][0].shape[1]} / {pools[1][0].shape[1]} tokens, "
           f"vocab {len(tokenizer)}", flush=True)
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=128, n_layer=3, n_head=4,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config)
+    model = small_gpt2(tokenizer, N_POSITIONS)
     generator = torch.Generator().manual_seed(args.seed)
+    ours_batch, gem_batch = (random_batches(model, *pool, tokenizer.pad_token_id, 32, generator) for pool in pools)
 
     def batch_loss(step: int) -> torch.Tensor:
-        data, labels = pools[1] if step % 5 == 0 else pools[0]  # one batch in five of GEM's games
-        index = torch.randint(len(data), (32,), generator=generator)
-        return model(input_ids=data[index], attention_mask=(data[index] != tokenizer.pad_token_id).long(),
-                     labels=labels[index]).loss
+        return gem_batch(step) if step % 5 == 0 else ours_batch(step)  # one batch in five of GEM's games
 
     held_out = MultiTurnEnv(**{**guess_number_defaults("test"), "model": None, "tokenizer": tokenizer})
     instances = [{"text_env_seed": i} for i in range(HELD_OUT_SECRETS)]
     steps, success = train_until_target(model, batch_loss, lambda: sampled_return(model, held_out, instances, 8),
                                         args.target, args.max_steps, args.check_every, lr=2e-3, what="success")
     save_bundled_lm(model, tokenizer, args.out, steps, "success", success)
+
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from build_default_lm import save_portable_tokenizer
 from agents.lm.kv_cache import RolloutKVCache
@@ -96,6 +96,41 @@ def sampled_return(model: GPT2LMHeadModel, template: MultiTurnEnv, instances: Se
                 done[i] = terminated or truncated
     model.train()
     return float(returns.mean())
+
+
+def small_gpt2(tokenizer: PreTrainedTokenizerFast, n_positions: int, n_embd: int = 128, n_layer: int = 3,
+               n_head: int = 4) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 sized for a bundled task (EOS doubles as BOS, as the tokenizers write it)."""
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
+                                      n_layer=n_layer, n_head=n_head, bos_token_id=tokenizer.eos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def random_batches(model: GPT2LMHeadModel, data: torch.Tensor, labels: torch.Tensor, pad_id: int, batch_size: int,
+                   generator: torch.Generator) -> Callable[[int], torch.Tensor]:
+    """``batch_loss(step)`` for :func:`train_until_target`: the LM loss on ``batch_size`` rows drawn at random."""
+    def batch_loss(step: int) -> torch.Tensor:
+        index = torch.randint(len(data), (batch_size,), generator=generator)
+        return model(input_ids=data[index], attention_mask=(data[index] != pad_id).long(), labels=labels[index]).loss
+    return batch_loss
+
+
+def build_multi_turn_lm(tokenizer: PreTrainedTokenizerFast, rows: Sequence[Trace], held_out: MultiTurnEnv,
+                        n_instances: int, n_positions: int, out: Path, target: float, max_steps: int,
+                        check_every: int, seed: int, samples: int, batch_size: int, what: str) -> None:
+    """The rest of a multi-turn task's build once its scripted traces are played: a :func:`small_gpt2` trained on
+    the agent's tokens of ``rows`` until its sampled ``what`` on the ``n_instances`` held-out instances of
+    ``held_out`` (``samples`` each) reaches ``target``; saved to ``out``."""
+    data, labels = as_batchable(rows, tokenizer.pad_token_id)
+    print(f"{len(rows)} traces (the scripted player's mean {what} {np.mean([r.episode_return for r in rows]):.3f}), "
+          f"up to {data.shape[1]} tokens, vocab {len(tokenizer)}", flush=True)
+    model = small_gpt2(tokenizer, n_positions)
+    batch_loss = random_batches(model, data, labels, tokenizer.pad_token_id, batch_size,
+                                torch.Generator().manual_seed(seed))
+    instances = [{"text_env_seed": i} for i in range(n_instances)]
+    steps, value = train_until_target(model, batch_loss, lambda: sampled_return(model, held_out, instances, samples),
+                                      target, max_steps, check_every, lr=1e-3, what=what)
+    save_bundled_lm(model, tokenizer, out, steps, what, value)
 
 
 def train_until_target(model: GPT2LMHeadModel, batch_loss: Callable[[int], torch.Tensor], score: Callable[[], float],
