@@ -14,7 +14,6 @@ tool pays.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from task_lm import build_multi_turn_lm, play, word_level_tokenizer  # noqa: E402
+from task_lm import build_arguments, build_multi_turn_lm, play, word_level_tokenizer  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.calculator import CALCULATOR_MODEL, HELD_OUT_PROBLEMS, Calculator, calculator_defaults, \
     tool_use_turns  # noqa: E402
@@ -56,14 +55,7 @@ class Player:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=CALCULATOR_MODEL)
-    parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out success")
-    parser.add_argument("--episodes", type=int, default=20_000, help="scripted games")
-    parser.add_argument("--max-steps", type=int, default=20_000)
-    parser.add_argument("--check-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = build_arguments(__doc__, CALCULATOR_MODEL, 0.2, "success", 20_000, "scripted games").parse_args()
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)

@@ -12,7 +12,6 @@ third of the optimum's 0.80): RL then starts well between the walker's carelessn
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from task_lm import build_multi_turn_lm, play, word_level_tokenizer  # noqa: E402
+from task_lm import build_arguments, build_multi_turn_lm, play, word_level_tokenizer  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, HELD_OUT_LAYOUTS, MOVES, GridWorld, grid_world_defaults, \
     optimal_moves  # noqa: E402
@@ -41,14 +40,8 @@ def walker(rng: random.Random, skill: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=GRID_WORLD_MODEL)
-    parser.add_argument("--target", type=float, default=0.25, help="stop at this sampled held-out return")
+    parser = build_arguments(__doc__, GRID_WORLD_MODEL, 0.25, "return", 12_000, "scripted games", check_every=300)
     parser.add_argument("--skill", type=float, default=0.7, help="the walker's probability of a shortest-path move")
-    parser.add_argument("--episodes", type=int, default=12_000, help="scripted games")
-    parser.add_argument("--max-steps", type=int, default=20_000)
-    parser.add_argument("--check-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     rng = random.Random(args.seed)

@@ -20,7 +20,6 @@ Needs torch, transformers, tokenizers (lm-gym's dependencies) and gem-llm (``pip
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from transformers import PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from build_default_lm import build_tokenizer  # noqa: E402
-from task_lm import as_batchable, play, random_batches, sampled_return, save_bundled_lm, small_gpt2, \
+from task_lm import as_batchable, build_arguments, play, random_batches, sampled_return, save_bundled_lm, small_gpt2, \
     train_until_target  # noqa: E402
 from lm_gym.multiturn import MultiTurnEnv  # noqa: E402
 from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_SECRETS, HIGH, LOW, GuessNumber, \
@@ -115,14 +114,8 @@ def token_traces(tokenizer: PreTrainedTokenizerFast, rng: random.Random, episode
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=GUESS_NUMBER_MODEL)
-    parser.add_argument("--target", type=float, default=0.3, help="stop at this sampled held-out success")
-    parser.add_argument("--episodes", type=int, default=8000, help="scripted games of each format")
-    parser.add_argument("--max-steps", type=int, default=20_000)
-    parser.add_argument("--check-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = build_arguments(__doc__, GUESS_NUMBER_MODEL, 0.3, "success", 8000, "scripted games of each format"
+                           ).parse_args()
 
     rng = random.Random(args.seed)
     random.seed(args.seed)  # GEM draws its numbers from the global stream (seeded again by every reset)

@@ -8,6 +8,7 @@ RL starts clearly between 0 and the optimum.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,19 @@ def word_level_tokenizer(texts: Sequence[str], pattern: str, max_length: int) ->
     tokenizer.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
                                    pad_token=PAD, model_max_length=max_length)
+
+
+def build_arguments(description: str, out: Path, target: float, what: str, episodes: int, episodes_help: str,
+                    check_every: int = 250) -> argparse.ArgumentParser:
+    """The flags every task-LM build script takes; the defaults are the ones its bundled LM was built with."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--target", type=float, default=target, help=f"stop at this sampled held-out {what}")
+    parser.add_argument("--episodes", type=int, default=episodes, help=episodes_help)
+    parser.add_argument("--max-steps", type=int, default=20_000)
+    parser.add_argument("--check-every", type=int, default=check_every)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
 
 
 class Trace(NamedTuple):

@@ -116,7 +116,8 @@ class CalculatorEnv(MultiTurnEnv):
 
     ## Episode End
 
-    Terminated at the answer, or when the third turn is a tool call; an agent turn has at most 20 tokens.
+    Terminated at the answer, or when the third turn is a tool call; an agent turn has at most 10 tokens
+    (``<calc>999*99</calc>`` and EOS take 9), so a whole episode fits 30 agent tokens and a 64-step rollout.
 
     ## Arguments
 
@@ -134,4 +135,4 @@ class CalculatorEnv(MultiTurnEnv):
 def calculator_defaults(split: str = "train") -> dict[str, Any]:
     """The ``MultiTurnEnv`` arguments that make ``TextGen-Calculator-v0`` on ``split``."""
     return dict(text_env=functools.partial(Calculator, split), model=str(CALCULATOR_MODEL), max_tokens=64,
-                max_turn_tokens=20, max_turns=MAX_TURNS, reply_template="\n{reply}\n")
+                max_turn_tokens=10, max_turns=MAX_TURNS, reply_template="\n{reply}\n")
