@@ -156,7 +156,7 @@ class GridWorldEnv(MultiTurnEnv):
     optimum of each instance is known: its breadth-first-search shortest path (:func:`optimal_return`; 0.80 on
     average over the 100 held-out layouts). The bundled LM (``scripts/build_grid_world_lm.py``) learned from a
     scripted walker that takes a shortest-path move 70% of the time and a random one otherwise, and starts at about
-    0.35 of the optimum.
+    0.33 of the optimum.
 
     ## Action Space
 
