@@ -48,18 +48,18 @@ from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
 __version__ = "0.1.0"
 
-if "TextGen-v0" not in registry:
-    register(id="TextGen-v0", entry_point="lm_gym.env:TextGenEnv")
-if "TextGen-Arithmetic-v0" not in registry:
-    register(id="TextGen-Arithmetic-v0", entry_point="lm_gym.arithmetic:ArithmeticEnv")
-if "TextGen-MultiTurn-v0" not in registry:
-    register(id="TextGen-MultiTurn-v0", entry_point="lm_gym.multiturn:MultiTurnEnv")
-if "TextGen-GuessNumber-v0" not in registry:
-    register(id="TextGen-GuessNumber-v0", entry_point="lm_gym.tasks.guess_number:GuessNumberEnv")
-if "TextGen-Calculator-v0" not in registry:
-    register(id="TextGen-Calculator-v0", entry_point="lm_gym.tasks.calculator:CalculatorEnv")
-if "TextGen-GridWorld-v0" not in registry:
-    register(id="TextGen-GridWorld-v0", entry_point="lm_gym.tasks.grid_world:GridWorldEnv")
+# Every env id and its entry point; registered once even if the module is imported again.
+ENV_IDS = {
+    "TextGen-v0": "lm_gym.env:TextGenEnv",
+    "TextGen-Arithmetic-v0": "lm_gym.arithmetic:ArithmeticEnv",
+    "TextGen-MultiTurn-v0": "lm_gym.multiturn:MultiTurnEnv",
+    "TextGen-GuessNumber-v0": "lm_gym.tasks.guess_number:GuessNumberEnv",
+    "TextGen-Calculator-v0": "lm_gym.tasks.calculator:CalculatorEnv",
+    "TextGen-GridWorld-v0": "lm_gym.tasks.grid_world:GridWorldEnv",
+}
+for _env_id, _entry_point in ENV_IDS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry_point)
 
 __all__ = [
     "ARITHMETIC_MODEL", "ArithmeticEnv", "CALCULATOR_MODEL", "Calculator", "CalculatorEnv", "GRID_WORLD_MODEL",
