@@ -13,7 +13,8 @@ from agents.lm.forward import next_token_logits
 from agents.lm.kl import AdaptiveKLController
 from agents.lm.kv_cache import RolloutKVCache
 from agents.lm.lora import AdaptersDisabled, add_lora, merged_copy
-from agents.runs.checkpoints import CheckpointCallback, CheckpointError, load_checkpoint, save_checkpoint
+from agents.runs import checkpoints as _checkpoints
+from agents.runs.checkpoints import CheckpointError, ResumableCheckpointCallback, load_checkpoint, save_checkpoint
 from agents.runs.compare import compare
 from agents.runs.progress import LearningCurveCallback
 from agents.runs.evaluate import evaluate_run
@@ -25,7 +26,7 @@ from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffe
 from agents.sb3.group_advantages import GroupAdvantageCallback, outcome_advantages
 from agents.sb3.kl import KLPenaltyCallback
 from agents.sb3.nlpo import TopPMask
-from agents.sb3.policy import LMActorCriticPolicy
+from agents.sb3.policy import LMActorCriticPolicy, LMTRPOPolicy
 from agents.sb3.q_policy import LMDQNPolicy, LMQNetwork, LMQRDQNPolicy
 from agents.sb3.rollout_log_probs import RecomputeLogProbsCallback
 from agents.sb3.sample_logging import SampleLogCallback
@@ -35,10 +36,16 @@ from agents.sb3.sample_logging import SampleLogCallback
 sys.modules.update({"agents.policy": policy, "agents.q_policy": q_policy, "agents.buffers": buffers})
 
 __all__ = [
-    "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointCallback", "CheckpointError", "Episode",
+    "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointError", "Episode",
     "EpisodeRolloutBuffer", "GroupAdvantageCallback", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy",
-    "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer",
-    "RecomputeLogProbsCallback", "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
+    "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy", "LMTRPOPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer",
+    "RecomputeLogProbsCallback", "ResumableCheckpointCallback", "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
     "evaluate_run", "load_checkpoint", "make_algorithm", "merged_copy", "next_token_logits", "outcome_advantages",
     "sample_episodes", "sample_tokens", "save_checkpoint", "summarize", "train",
 ]
+
+
+def __getattr__(name: str):
+    if name == "CheckpointCallback":  # the old name, kept importable with a DeprecationWarning
+        return getattr(_checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

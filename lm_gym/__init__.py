@@ -44,6 +44,7 @@ from lm_gym.tasks import (
     GuessNumberEnv,
 )
 from lm_gym.turns import TurnCodec
+from lm_gym.gymnasium_vector import TextGenVectorEnv
 from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
 __version__ = "0.1.0"
@@ -57,14 +58,19 @@ ENV_IDS = {
     "TextGen-Calculator-v0": "lm_gym.tasks.calculator:CalculatorEnv",
     "TextGen-GridWorld-v0": "lm_gym.tasks.grid_world:GridWorldEnv",
 }
+# gym.make_vec(..., vectorization_mode="vector_entry_point"): the single-turn envs' batched stepping.
+VECTOR_ENTRY_POINTS = {
+    "TextGen-v0": "lm_gym.gymnasium_vector:TextGenVectorEnv",
+    "TextGen-Arithmetic-v0": "lm_gym.gymnasium_vector:arithmetic_vector_env",
+}
 for _env_id, _entry_point in ENV_IDS.items():
     if _env_id not in registry:
-        register(id=_env_id, entry_point=_entry_point)
+        register(id=_env_id, entry_point=_entry_point, vector_entry_point=VECTOR_ENTRY_POINTS.get(_env_id))
 
 __all__ = [
     "ARITHMETIC_MODEL", "ArithmeticEnv", "CALCULATOR_MODEL", "Calculator", "CalculatorEnv", "GRID_WORLD_MODEL",
     "GridWorld", "GridWorldEnv", "SuiteTask", "suite", "suite_task", "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
-    "TextEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
+    "TextEnv", "TextGenVectorEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
     "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
     "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",
     "TextGenVecEnv", "arithmetic_problems", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",

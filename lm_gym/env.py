@@ -72,14 +72,18 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ## Episode End
 
     The episode terminates when the agent emits a stop token (the tokenizer's EOS by default) or when
-    ``max_new_tokens`` tokens have been generated. Both are true terminal states (the observation shows
-    how many tokens remain), so ``terminated=True`` and ``truncated=False``.
+    ``max_new_tokens`` tokens have been generated. Both end the task itself, so ``terminated=True`` and
+    ``truncated=False``: the task is to write at most ``max_new_tokens`` tokens and the reward scores the text
+    as it is then, so there is no later state whose value an algorithm should bootstrap from (``truncated``
+    means "cut short, would have gone on"). The observation does not show how many tokens remain (prompts of
+    different lengths fill the window differently); a policy that needs it can count the tokens it wrote.
 
     ## Info
 
-    ``reset`` returns ``{"prompt"}``; the step that ends the episode returns ``{"prompt", "completion",
-    "num_new_tokens"}`` (the completion decoded once, here); other steps return ``{}``, so a step costs no
-    decoding. ``env.completion`` decodes the tokens so far on demand.
+    Every ``reset`` and ``step`` returns the same keys, as vectorized consumers (Gymnasium's vector envs,
+    TorchRL) expect: ``{"prompt": str, "completion": str, "num_new_tokens": int}``. ``completion`` is the
+    decoded completion on the step that ends the episode and ``""`` before it, so a step costs no decoding;
+    ``env.completion`` decodes the tokens so far on demand.
 
     ## Arguments
 
@@ -104,7 +108,8 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
     ## Version History
 
     * v0: Initial version. Since lm-gym 0.2, ``info`` carries the completion only on the last step (it was
-      decoded on every step before); observations, rewards and episode ends are unchanged.
+      decoded on every step before); since 0.4 every step's ``info`` has the same keys (``completion`` is
+      ``""`` until the last step). Observations, rewards and episode ends are unchanged.
     """
 
     metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
@@ -291,7 +296,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self._last_score = self.score([self._prompt], [""])[0] if self.reward_mode == "dense" else 0.0
         if self.render_mode == "human":
             self.render()
-        return self._observation(), {"prompt": self._prompt.text}
+        return self._observation(), self._info("")
 
     def step(self, action: int | np.integer):
         if self._prompt is None:
@@ -303,10 +308,10 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         self._new_ids.append(token)
         terminated = token in self.stop_token_ids or len(self._new_ids) >= self.max_new_tokens
         self._done = terminated
-        reward, info = 0.0, {}
+        reward, info = 0.0, self._info("")
         if terminated:
             completion = self.completion
-            info = {"prompt": self._prompt.text, "completion": completion, "num_new_tokens": len(self._new_ids)}
+            info = self._info(completion)
             if self.reward_mode == "dense":
                 new_score = self.score([self._prompt], [completion])[0]
                 reward, self._last_score = new_score - self._last_score, new_score
@@ -320,6 +325,9 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         if self.render_mode == "human":
             self.render()
         return self._observation(), float(reward), terminated, False, info
+
+    def _info(self, completion: str) -> dict[str, Any]:
+        return {"prompt": self._prompt.text, "completion": completion, "num_new_tokens": len(self._new_ids)}
 
     def get_state(self) -> dict[str, Any]:
         """The in-progress episode and the RNG, for exact checkpoint/resume (see :meth:`set_state`)."""

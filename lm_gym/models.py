@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS_DIR / "tiny-lm"
@@ -21,13 +22,33 @@ def resolve_model(model: ModelRef) -> str:
     return str(DEFAULT_MODEL if model is None else model)
 
 
+def looks_like_path(name: str) -> bool:
+    """True for a reference that can only be a local path: a hub id is ``name`` or ``owner/name``."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model(model: ModelRef) -> str:
+    """``resolve_model(model)``, refused with the fix when it names a local path that does not exist."""
+    name = resolve_model(model)
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ValueError(f"model={name!r}: no such directory. Give a directory written by save_pretrained (a run's "
+                         "lm/ works) or a Hugging Face repo id such as 'gpt2'.")
+    return name
+
+
 def load_tokenizer(model: ModelRef = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it can pad.
 
     A tokenizer without a pad token (GPT-2's, for one) gets its EOS token as pad token: padding is
     always masked out, so the id only has to be valid. One with neither is refused with the fix.
     """
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    name = check_model(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as error:  # Hugging Face's "not a valid model identifier", no network, gated repo...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model={name!r}: could not load its tokenizer ({first_line}). Give a directory written by "
+                         "save_pretrained or a Hugging Face repo id that this machine can download.") from error
     ensure_pad_token(tokenizer, source=resolve_model(model))
     return tokenizer
 
@@ -80,7 +101,7 @@ def load_causal_lm(
     RL needs a deterministic forward: SB3 switches the policy between train and eval mode, and dropout
     would make the PPO ratio differ from 1 before any update.
     """
-    name = resolve_model(model)
+    name = check_model(model)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*loss_type=None.*")
@@ -109,10 +130,28 @@ def save_pretrained(lm: PreTrainedModel, model: ModelRef, path: str | os.PathLik
     """Save ``lm`` with the tokenizer of ``model`` in Hugging Face format (``from_pretrained``, ``pipeline``).
 
     Refuses a non-empty directory unless ``overwrite=True``, so nothing saved earlier is lost.
+    The saved ``generation_config`` samples as the policy does, from the full softmax (``do_sample=True``,
+    ``top_k=0``: transformers would otherwise decode greedily, or cut to its default top 50 when sampling), so
+    ``pipeline("text-generation", path)`` behaves like the trained policy.
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} is not empty; choose a new directory or pass overwrite=True.")
+    tokenizer = load_tokenizer(model)
+    lm.generation_config = policy_sampling(lm.generation_config, tokenizer)
     lm.save_pretrained(path)
-    load_tokenizer(model).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
+
+
+def policy_sampling(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase,
+                    max_new_tokens: int | None = None) -> GenerationConfig:
+    """A copy of ``generation`` that samples the way lm-gym's policies do: the plain softmax, no top-k/top-p."""
+    generation = copy.deepcopy(generation)
+    generation.do_sample, generation.top_k, generation.top_p, generation.temperature = True, 0, 1.0, 1.0
+    generation.pad_token_id = tokenizer.pad_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    if max_new_tokens is not None:
+        generation.max_new_tokens = max_new_tokens
+    return generation

@@ -54,24 +54,43 @@ def _read_file(path: Path) -> list[Prompt]:
         raise FileNotFoundError(
             f"prompts={str(path)!r} is not a file. Pass a .txt/.jsonl path, or a list of prompt strings."
         )
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        return [_to_prompt(json.loads(line), where=f"{path}:{n}") for n, line in enumerate(lines, 1)]
-    if path.suffix in (".txt", ""):
-        return [Prompt(line) for line in lines]
-    raise ValueError(f"prompts={str(path)!r}: unsupported file type {path.suffix!r}; use .txt or .jsonl.")
+    if path.suffix not in (".jsonl", ".txt", ""):
+        raise ValueError(f"prompts={str(path)!r}: unsupported file type {path.suffix!r}; use .txt or .jsonl.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise ValueError(f"prompts={str(path)!r}: line {line} is not UTF-8 text (byte {error.start}); save the file "
+                         "as UTF-8.") from None
+    # Numbered as an editor shows them: blank lines are skipped but still counted.
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if path.suffix != ".jsonl":
+        return [Prompt(line) for _, line in lines]
+    prompts = []
+    for n, line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"prompts={str(path)!r}: line {n} is not JSON ({error.msg} at column {error.colno}); "
+                             'each line must be one record such as {"prompt": "..."}.') from None
+        prompts.append(_to_prompt(record, where=f"{path}:{n}"))
+    return prompts
 
 
 def _to_prompt(item: str | Mapping | Prompt, where: str) -> Prompt:
     if isinstance(item, Prompt):
-        return item
-    if isinstance(item, str):
-        return Prompt(item)
-    if isinstance(item, Mapping) and isinstance(item.get("prompt"), str):
+        prompt = item
+    elif isinstance(item, str):
+        prompt = Prompt(item)
+    elif isinstance(item, Mapping) and isinstance(item.get("prompt"), str):
         references = item.get("references", ())
-        references = (references,) if isinstance(references, str) else tuple(references)
-        return Prompt(item["prompt"], references)
-    raise ValueError(f"{where}: expected a string or a record with a 'prompt' string, got {item!r}.")
+        prompt = Prompt(item["prompt"], (references,) if isinstance(references, str) else tuple(references))
+    else:
+        raise ValueError(f"{where}: expected a string or a record with a 'prompt' string, got {item!r}.")
+    if not prompt.text.strip():
+        raise ValueError(f"{where}: the prompt is empty; give every prompt some text (the LM needs at least one token "
+                         "to continue).")
+    return prompt
 
 
 def dataset_prompts(dataset: str | os.PathLike, column: str = "prompt", split: str = "train",

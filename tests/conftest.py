@@ -47,3 +47,21 @@ def classifier_dir(tmp_path_factory):
     GPT2ForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(*argv)``: run ``lm-gym argv`` expecting a user error; returns its one line (exit code 2, no
+    traceback), as a user sees it."""
+    from agents.runs.cli import main
+
+    def run(*argv: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err and err.startswith(f"lm-gym {argv[0]}: error: "), err
+        return err
+
+    return run

@@ -1,8 +1,10 @@
 import json
+import re
 
 import pytest
 from stable_baselines3 import A2C, PPO
-from transformers import pipeline
+from huggingface_hub import ModelCard
+from transformers import GenerationConfig, pipeline
 
 from agents.runs.cli import build_parser, main
 
@@ -26,6 +28,13 @@ def test_train_writes_a_new_run_directory_that_loads_everywhere(tmp_path, capsys
     assert text[0]["generated_text"].startswith("the movie was")
     out = capsys.readouterr().out
     assert "before" in out and "after" in out and "KL" in out
+    # What Hugging Face users get: a model card, sampling as the policy did, and the values the run used.
+    card = ModelCard.load(run / "lm" / "README.md")
+    assert {"lm-gym", "ppo", "TextGen-v0"} <= set(card.data.tags) and card.data.base_model is None  # bundled LM
+    assert f"| after | {summary['after']['reward_mean']:.3f}" in card.text and "| `learning_rate` | 0.0001 |" in card.text
+    generation = GenerationConfig.from_pretrained(run / "lm")
+    assert (generation.do_sample, generation.top_k, generation.top_p, generation.max_new_tokens) == (True, 0, 1.0, 4)
+    assert (summary["config"]["learning_rate"], summary["config"]["batch_size"]) == (1e-4, 32)  # resolved, not null
 
 
 def test_train_with_a2c_and_options(tmp_path):
@@ -69,18 +78,17 @@ def test_env_flag_fills_what_a_config_file_leaves_unset(tmp_path, monkeypatch):
     assert (config.reward, config.max_new_tokens, config.steps, config.kl_coef) == ("exact_match", 4, 64, 0.1)
 
 
-def test_bad_cli_arguments_are_refused(capsys):
+def test_bad_cli_arguments_are_refused(capsys, cli_error):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--algo", "sac"])
     assert "invalid choice" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="not a known reward"):
-        main(["train", *FAST, "--reward", "nope"])
-    with pytest.raises(ValueError, match="n_epochs do.*not apply to algo='a2c'"):
-        main(["train", *COMMON, "--algo", "a2c", "--n-epochs", "2"])
-    with pytest.raises(ValueError, match="group_size=4: only grpo, dr_grpo, rloo"):
-        main(["train", *FAST, "--group-size", "4"])
-    with pytest.raises(ValueError, match="env='CartPole-v1': choose one of .*or a text env id: 'gem:ID'"):
-        main(["train", *FAST, "--env", "CartPole-v1"])
+    assert "not a known reward" in cli_error("train", *FAST, "--reward", "nope")
+    assert re.search("n_epochs do.*not apply to algo='a2c'", cli_error("train", *COMMON, "--algo", "a2c", "--n-epochs", "2"))
+    assert "group_size=4: only grpo, dr_grpo, rloo" in cli_error("train", *FAST, "--group-size", "4")
+    assert re.search("env='CartPole-v1': choose one of .*or a text env id: 'gem:ID'",
+                     cli_error("train", *FAST, "--env", "CartPole-v1"))
+    with pytest.raises(ValueError, match="not a known reward"):  # --debug: the exception itself
+        main(["--debug", "train", *FAST, "--reward", "nope"])
 
 
 def test_examples_run_as_written(tmp_path):

@@ -45,13 +45,14 @@ def test_observation_is_left_padded_prompt_then_generated_tokens(bundled_tokeniz
     assert obs["input_ids"][-n:].tolist() == prompt_ids
     assert obs["attention_mask"].tolist() == [0] * (env.window - n) + [1] * n
     assert (obs["input_ids"][: env.window - n] == bundled_tokenizer.pad_token_id).all()
-    assert info == {"prompt": "the movie was"}
+    assert info == {"prompt": "the movie was", "completion": "", "num_new_tokens": 0}
     token = bundled_tokenizer.convert_tokens_to_ids("Ġgreat")
     obs, reward, terminated, truncated, info = env.step(token)
     assert obs["input_ids"][-n - 1 :].tolist() == prompt_ids + [token]
     assert obs["attention_mask"].sum() == n + 1
     assert (terminated, truncated) == (False, False)
-    assert info == {} and env.completion == " great"  # mid-episode steps decode nothing; the property does
+    # The same keys every step; mid-episode steps decode nothing (the property does).
+    assert info == {"prompt": "the movie was", "completion": "", "num_new_tokens": 1} and env.completion == " great"
 
 
 def test_the_last_step_reports_the_decoded_completion_once(bundled_tokenizer, monkeypatch):
@@ -62,7 +63,7 @@ def test_the_last_step_reports_the_decoded_completion_once(bundled_tokenizer, mo
     monkeypatch.setattr(env.tokenizer, "decode", lambda ids, **kw: decoded.append(list(ids)) or original(ids, **kw))
     great = bundled_tokenizer.convert_tokens_to_ids("Ġgreat")
     infos = [env.step(great)[4] for _ in range(3)]
-    assert infos[:2] == [{}, {}] and decoded == [[great] * 3]  # one decode, at the end
+    assert [info["completion"] for info in infos[:2]] == ["", ""] and decoded == [[great] * 3]  # one decode, at the end
     assert infos[2] == {"prompt": "the movie was", "completion": " great great great", "num_new_tokens": 3}
 
 

@@ -190,3 +190,42 @@ def test_save_pretrained_loads_in_a_transformers_pipeline_and_never_overwrites(t
     torch.testing.assert_close(reloaded.state_dict()["lm_head.weight"], model.policy.lm.state_dict()["lm_head.weight"])
     with pytest.raises(FileExistsError, match="overwrite=True"):
         model.policy.save_pretrained(path)
+
+
+def test_every_algorithm_takes_the_lm_policy_by_name():
+    import warnings
+
+    from sb3_contrib import QRDQN, TRPO, MaskablePPO
+    from stable_baselines3 import DQN
+
+    import agents
+    from agents import LMDQNPolicy, LMQRDQNPolicy, LMTRPOPolicy
+
+    env = lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=4)
+    for cls, policy in ((PPO, LMActorCriticPolicy), (A2C, LMActorCriticPolicy), (MaskablePPO, LMActorCriticPolicy),
+                        (TRPO, LMTRPOPolicy), (DQN, LMDQNPolicy), (QRDQN, LMQRDQNPolicy)):
+        rollout = {"n_steps": 32} | ({} if cls is A2C else {"batch_size": 32}) if cls not in (DQN, QRDQN) else {}
+        model = cls("LMPolicy", env, device="cpu", **rollout)
+        assert type(model.policy) is policy
+        assert type(cls(policy.__name__, env, device="cpu").policy) is policy  # the class name as a string too
+    trpo = TRPO("LMPolicy", env, device="cpu").policy
+    assert trpo.attn_implementation == "eager" and not trpo.shared_critic
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert agents.CheckpointCallback is agents.ResumableCheckpointCallback  # the old name still imports
+    assert any("ResumableCheckpointCallback" in str(w.message) for w in caught)
+
+
+def test_normalized_observations_are_refused_naming_vec_normalize():
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    env = VecNormalize(DummyVecEnv([lambda: lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=4)]))
+    model = PPO("LMPolicy", env, n_steps=32, batch_size=32, device="cpu")
+    with pytest.raises(ValueError, match=r"observation input_ids must be token ids in \[0, \d+\); got torch.float32 "
+                                         r"values .*VecNormalize\(env, norm_obs=False\)"):
+        model.learn(32)
+    ids = batch_of_observations(lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=4))
+    with pytest.raises(ValueError, match="token ids in"):  # out of range: past the embedding
+        model.policy.evaluate_actions({**ids, "input_ids": ids["input_ids"] + 10**6}, torch.zeros(4))
+    fine = VecNormalize(DummyVecEnv([lambda: lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=4)]), norm_obs=False)
+    PPO("LMPolicy", fine, n_steps=32, batch_size=32, device="cpu").learn(32)

@@ -1,8 +1,10 @@
 """The RLlib backend: LMRLModule, KL shaping, PPO/APPO/IMPALA runs, export, evaluation, resume, resources."""
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from agents.rllib.algorithms import check_module_config, rllib_config, trained_m
 from agents.rllib.log_probs import RecomputeLogProbs
 from agents.rllib.segments import BOOTSTRAP_STEP_ADDED
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
-from agents.runs.rllib_backend import load_module
+from agents.runs.rllib_backend import check_reachable, load_module
 from agents.runs.cli import main
 from agents.runs.train import TrainConfig, train
 
@@ -335,15 +337,30 @@ def test_bad_resource_requests_are_refused_before_anything_starts():
 
 
 @RAY
-def test_a_gpu_request_on_a_cpu_machine_fails_before_training(local_ray, tmp_path):
-    for flags in (["--num-gpus-per-learner", "1"], ["--device", "cuda"]):
-        with pytest.raises(ValueError, match="GPUs but the Ray cluster has 0"):
-            main(["train", "--backend", "rllib", *TASK, *flags, "--out", str(tmp_path)])
-    for run in tmp_path.iterdir():
-        assert not (run / "before.json").exists()  # refused before the first evaluation, let alone training
+def test_a_gpu_request_on_a_cpu_machine_fails_before_training(local_ray, tmp_path, cli_error):
+    flags = ["train", "--backend", "rllib", *TASK, "--out", str(tmp_path)]
+    assert "GPUs but the Ray cluster has 0" in cli_error(*flags, "--num-gpus-per-learner", "1")
+    assert "torch finds no CUDA GPU on this machine; use --device cpu" in cli_error(*flags, "--device", "cuda")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before training: no run directory left
 
 
 def test_without_ray_the_error_names_the_extra_to_install():
     code = "import sys; sys.modules['ray'] = None; import agents.rllib"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "pip install 'lm-gym[rllib]'" in result.stderr
+
+
+def test_an_unreachable_ray_address_fails_within_seconds():
+    # Ray itself retries "Failed to connect to GCS" for minutes, ignoring SIGTERM, before it gives up.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"ray_address='127.0.0.1:{port}': nothing answers at 127.0.0.1:{port} "
+                                              "within 2 s .*Start the head there"):
+        check_reachable(f"127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(ConnectionError, match="nothing answers"):
+        check_reachable(f"ray://127.0.0.1:{port}", timeout_s=2)
+    assert time.monotonic() - start < 10
+    with pytest.raises(ValueError, match="ray_address='head-node': give auto .*HOST:PORT"):
+        check_reachable("head-node")

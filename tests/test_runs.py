@@ -1,8 +1,14 @@
 """Long-run features: config files, checkpoints and exact resume, evaluation, LoRA, bf16, logged samples."""
 
+import errno
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,7 @@ from agents import LMActorCriticPolicy, SampleLogCallback
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs, save_checkpoint
 from agents.runs.cli import main
 from agents.runs.evaluate import evaluate_run
+from agents.runs.interrupts import TrainingInterrupted
 from agents.runs.train import TrainConfig, train
 
 SMALL = dict(steps=384, n_envs=2, n_steps=32, batch_size=32, n_epochs=2, max_new_tokens=4, eval_samples=1,
@@ -56,6 +63,76 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
     assert summaries[0]["after"] == summaries[1]["after"] and summaries[1]["resumed_at"] == 256
     with pytest.raises(FileExistsError, match="finished already"):
         train(resume=resumed)
+
+    # SIGTERM (what SLURM and Kubernetes send before killing): a checkpoint at the next rollout boundary, from
+    # which the run resumes to the very same weights.
+    assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 320") as stopped:
+        train(TrainConfig(**SMALL, out=str(tmp_path / "c")), callbacks=[SendSignal(signal.SIGTERM, at=300)])
+    assert stopped.value.checkpoint.name == "step-000000320" and stopped.value.exit_code == 143
+    resumed = train(resume=stopped.value.checkpoint.parent.parent)
+    actual = policy_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+class SendSignal(BaseCallback):
+    def __init__(self, signum: int, at: int):
+        super().__init__()
+        self.signum, self.at, self.sent = signum, at, False
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+        return True
+
+
+def test_sigterm_to_the_cli_checkpoints_and_says_how_to_resume(tmp_path):
+    command = [sys.executable, "-m", "agents.runs.cli", "train", "--steps", "1000000", "--n-envs", "2", "--n-steps",
+               "32", "--max-new-tokens", "4", "--eval-samples", "1", "--checkpoint-every", "64", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*/checkpoints/step-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    (run,) = tmp_path.iterdir()
+    last = checkpoint_dirs(run)[-1]
+    assert f"checkpoint {last}; continue with: lm-gym train --resume {run}" in " ".join(out.split())
+    assert "SIGTERM: stopping at the end of this rollout" in err and "Traceback" not in err
+    assert not (run / "summary.json").exists()
+
+
+def test_a_full_disk_names_the_run_and_the_last_intact_checkpoint(tmp_path, monkeypatch, cli_error):
+    from agents.runs import checkpoints, sb3_backend
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    flags = ["train", "--steps", "384", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--max-new-tokens", "4",
+             "--eval-samples", "1", "--checkpoint-every", "128"]
+    monkeypatch.setattr(sb3_backend.SB3Trainer, "save", disk_full)  # the final save
+    error = cli_error(*flags, "--out", str(tmp_path / "a"))
+    (run,) = (tmp_path / "a").iterdir()
+    assert f"could not save the run into {run}: No space left on device" in error
+    assert f"the last intact checkpoint is {run}/checkpoints/step-000000256 (lm-gym train --resume {run}" in error
+    monkeypatch.undo()
+    monkeypatch.setattr(checkpoints, "_write_sb3_checkpoint", disk_full)  # a checkpoint on the way
+    error = cli_error(*flags, "--out", str(tmp_path / "b"))
+    assert "No space left on device" in error and "no checkpoint was written" in error
+
+
+def test_a_run_without_held_out_samples_still_saves_everything(tmp_path, capsys):
+    main(["train", "--steps", "128", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--max-new-tokens", "4",
+          "--eval-samples", "0", "--out", str(tmp_path)])
+    (run,) = tmp_path.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["before"] is None and summary["after"] is None and summary["config"]["eval_samples"] == 0
+    assert (run / "model.zip").exists() and (run / "lm" / "model.safetensors").exists()
+    assert "no held-out report: eval_samples=0" in capsys.readouterr().out
 
 
 def test_models_saved_by_lm_gym_0_1_still_load(tmp_path):
@@ -116,7 +193,7 @@ def test_corrupted_or_incompatible_checkpoints_get_a_clear_error(tmp_path):
         train(resume=tmp_path / "empty")
 
 
-def test_yaml_config_with_flag_overrides_and_a_dataset(tmp_path):
+def test_yaml_config_with_flag_overrides_and_a_dataset(tmp_path, cli_error):
     import datasets
 
     data = tmp_path / "data"
@@ -132,10 +209,8 @@ def test_yaml_config_with_flag_overrides_and_a_dataset(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert {s["prompt"] for s in summary["samples_after"]} == {"the acting"}  # the held-out split
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"stepz": 10}))
-    with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
-        main(["train", "--config", str(tmp_path / "bad.yaml")])
-    with pytest.raises(SystemExit, match="takes no other options"):
-        main(["train", "--resume", str(run), "--steps", "10"])
+    assert "unknown keys ['stepz']" in cli_error("train", "--config", str(tmp_path / "bad.yaml"))
+    assert "takes no other options" in cli_error("train", "--resume", str(run), "--steps", "10")
 
 
 def test_held_out_prompts_come_from_the_first_source_given(tmp_path):

@@ -163,3 +163,50 @@ def test_bad_actions_and_calls_are_refused_with_the_fix():
         TextGenVecEnv(2, env=TextGenEnv(), prompts=PROMPTS)
     with pytest.raises(ValueError, match="render_mode='rgb'"):
         TextGenVecEnv(2, render_mode="rgb")
+
+
+def same_tree(a, b) -> bool:
+    """Equal nested dicts of arrays (object arrays included), as Gymnasium's vector infos are."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == object and b.dtype == object:  # e.g. final_obs: one observation dict (or None) per env
+        return a.shape == b.shape and all(same_tree(x, y) if x is not None else y is None for x, y in zip(a, b))
+    return np.array_equal(a, b) and a.dtype == b.dtype
+
+
+def test_gymnasium_make_vec_vector_entry_point_matches_sync_vector_env():
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    kwargs = dict(max_new_tokens=3, reward="length", reward_kwargs={"target": 2})
+    batched = gym.make_vec("TextGen-v0", 3, vectorization_mode="vector_entry_point", **kwargs)
+    reference = gym.make_vec("TextGen-v0", 3, vectorization_mode="sync",
+                             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs)
+    assert isinstance(batched, lm_gym.TextGenVectorEnv) and batched.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert batched.observation_space == reference.observation_space and batched.action_space == reference.action_space
+    first, second = batched.reset(seed=5), reference.reset(seed=5)
+    assert same_tree(first[0], second[0]) and same_tree(first[1], second[1])
+    rng, endings = np.random.default_rng(0), 0
+    for step in range(12):
+        actions = rng.integers(0, batched.single_action_space.n, 3)
+        actions[0] = 0 if step % 2 else actions[0]  # EOS now and then: episodes of different lengths
+        got, expected = batched.step(actions), reference.step(actions)
+        for part, (mine, theirs) in enumerate(zip(got, expected)):
+            assert same_tree(mine, theirs), (step, part)
+        endings += int(got[2].sum())
+    assert endings >= 6  # autoreset was exercised
+    arithmetic = gym.make_vec("TextGen-Arithmetic-v0", 2, vectorization_mode="vector_entry_point")
+    assert "=" in arithmetic.reset(seed=0)[1]["prompt"][0]
+    batched.close(), reference.close(), arithmetic.close()
+
+
+def test_info_has_the_same_keys_and_types_on_every_step():
+    # What TorchRL's GymEnv checks: a spec built from the reset info must fit every later step's info.
+    env = lm_gym.TextGenEnv(max_new_tokens=3)
+    _, info = env.reset(seed=0)
+    spec = {key: type(value) for key, value in info.items()}
+    for _ in range(3):
+        *_, terminated, _, info = env.step(int(env.action_space.sample()))
+        assert {key: type(value) for key, value in info.items()} == spec
+    assert terminated and info["num_new_tokens"] == 3 and info["completion"] == env.completion

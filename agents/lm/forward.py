@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 Observation = dict[str, torch.Tensor]
 
@@ -194,3 +195,17 @@ def next_token_logits(lm: torch.nn.Module, obs: Observation, n_actions: int, pla
     out = run_lm(lm, roots_ids, roots_mask, position_ids(roots_mask), keep=int(plan.offset.max()) + 1, hidden=hidden)
     logits = out.logits[plan.chain, -1 - plan.offset, :n_actions].float()
     return logits, None if out.hidden is None else out.hidden[plan.chain, -1 - plan.offset]
+
+
+def check_token_observation(obs: Observation, lm: PreTrainedModel) -> None:
+    """Refuse observations that are not token ids: floats, negatives, ids past ``lm``'s embedding. A normalizing
+    wrapper (SB3's ``VecNormalize`` with its default ``norm_obs=True``) is the usual cause; the embedding would
+    fail with a bare ``IndexError``, or silently read rounded garbage."""
+    ids = obs["input_ids"]
+    vocabulary = lm.get_input_embeddings().num_embeddings
+    integral = not ids.is_floating_point() or bool(torch.equal(ids, ids.round()))
+    if integral and (ids.numel() == 0 or 0 <= int(ids.min()) and int(ids.max()) < vocabulary):
+        return
+    raise ValueError(f"observation input_ids must be token ids in [0, {vocabulary}); got {ids.dtype} values such as "
+                     f"{ids.flatten()[:4].tolist()}. A wrapper changed them: with SB3's VecNormalize use "
+                     "VecNormalize(env, norm_obs=False) (norm_reward=True still works).")

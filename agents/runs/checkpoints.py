@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import shutil
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +37,14 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir())
 
 
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
 @contextlib.contextmanager
 def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
     """Yields an empty ``.partial`` directory to write checkpoint ``step`` into; renames it into place after."""
-    final = Path(directory) / f"step-{step:09d}"
+    final = Path(directory) / checkpoint_name(step)
     if final.exists():
         raise FileExistsError(f"checkpoint {final} exists already; checkpoints are never overwritten.")
     partial = final.with_name(f".{final.name}.partial")
@@ -52,7 +57,7 @@ def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
 def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:
     with atomic_checkpoint(directory, model.num_timesteps) as partial:
         _write_sb3_checkpoint(model, partial, kl)
-    return Path(directory) / f"step-{model.num_timesteps:09d}"
+    return Path(directory) / checkpoint_name(model.num_timesteps)
 
 
 def _write_sb3_checkpoint(model: BaseAlgorithm, partial: Path, kl: KLPenaltyCallback | None) -> None:
@@ -105,8 +110,12 @@ def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "au
     return model
 
 
-class CheckpointCallback(BaseCallback):
-    """Saves a checkpoint at the first rollout boundary after every ``every`` env steps."""
+class ResumableCheckpointCallback(BaseCallback):
+    """Saves a checkpoint at the first rollout boundary after every ``every`` env steps, with everything that
+    exact resume needs (:func:`save_checkpoint`; SB3's own ``CheckpointCallback`` saves ``model.zip`` only).
+
+    Not named ``CheckpointCallback``, so that it is not taken for SB3's (``save_freq=``, ``save_path=``).
+    """
 
     def __init__(self, directory: Path, every: int, kl: KLPenaltyCallback | None = None):
         super().__init__()
@@ -126,3 +135,11 @@ class CheckpointCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+
+
+def __getattr__(name: str):
+    if name == "CheckpointCallback":  # lm-gym <= 0.3's name, which SB3's own callback also has
+        warnings.warn("agents.CheckpointCallback is now ResumableCheckpointCallback (SB3 has a CheckpointCallback "
+                      "of its own, with other arguments)", DeprecationWarning, stacklevel=2)
+        return ResumableCheckpointCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
 from transformers.utils import logging as hf_logging
 
+from agents.runs.checkpoints import CheckpointError
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.config import BACKENDS, TASKS, TrainConfig, read_yaml
+from agents.runs.config import BACKENDS, TASKS, ConfigTypeError, TrainConfig, read_yaml
+from agents.runs.interrupts import RunSaveError, TrainingInterrupted
 from agents.runs.train import train
 from lm_gym.suite import suite
 
@@ -135,6 +138,8 @@ def add_compare_parser(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-gym", description="RL fine-tuning of causal LMs on TextGen-v0.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (by default: one line naming the fix)")
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_evaluate_parser(commands)
@@ -142,15 +147,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can get wrong (a value, a path, a file, a missing extra, a full disk, an unreachable cluster): these
+# print as one line and exit 2, like argparse's own errors. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, ConfigTypeError, FileNotFoundError, FileExistsError, NotADirectoryError, CheckpointError,
+               ImportError, RunSaveError, ConnectionError)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except TrainingInterrupted as interrupted:  # the run printed where it stopped and how to resume
+        if args.debug:
+            raise
+        raise SystemExit(interrupted.exit_code) from None
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"lm-gym {args.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
     hf_logging.disable_progress_bar()  # one progress bar (training), not one per checkpoint load
     hf_logging.set_verbosity_error()
     if args.command == "train":
         given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
         if args.resume:
             if given or args.config:
-                raise SystemExit("lm-gym train --resume RUN takes no other options: the run's config.yaml holds them.")
+                raise ValueError("--resume RUN takes no other options: the run's config.yaml holds them.")
             train(resume=args.resume)
             return
         values = read_yaml(args.config) if args.config else {}
@@ -159,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_run(args.run, prompts=args.prompts, samples=args.samples, seed=args.seed, device=args.device)
     elif args.command == "compare":
         if args.suite and args.env:
-            raise SystemExit("lm-gym compare: give --suite or --env, not both (--suite runs every suite task).")
+            raise ValueError("give --suite or --env, not both (--suite runs every suite task).")
         envs = [task.env_id for task in suite()] if args.suite else args.env or ["TextGen-v0"]
         options = {name: getattr(args, name) for name in (
             "model", "reward", "reward_kwargs", "max_new_tokens", "steps", "n_envs", "kl_coef", "learning_rate",

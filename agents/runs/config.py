@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import json
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +22,16 @@ from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_pro
 from lm_gym.suite import SuiteTask, suite_task
 from lm_gym.tasks.calculator import CALCULATOR_MODEL, HELD_OUT_PROBLEMS, calculator_defaults
 from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, HELD_OUT_LAYOUTS, grid_world_defaults
-from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_SECRETS, guess_number_defaults
+from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_GAMES, guess_number_defaults
 
 # The algorithms of each backend (agents.sb3.ALGORITHMS; agents.rllib.RLLIB_ALGORITHMS, named here so that the
 # CLI works without Ray installed). lm-gym compare names RLlib's PPO "rllib_ppo" to tell it from SB3's.
 BACKENDS = {"sb3": tuple(ALGORITHMS), "rllib": ("ppo", "appo", "impala")}
 RLLIB_ONLY = ("num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner", "ray_address")
+
+
+class ConfigTypeError(TypeError):
+    """A TrainConfig value of the wrong type (``steps: "a lot"``); the message names the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ TASKS = {
                                   hyperparameters=dict(steps=327_680, learning_rate=3e-4, n_steps=128, kl_coef=0.01)),
     # A weaker KL pull and twice the rollout; 3e-4 (with either KL) did not learn, RLOO learned less.
     "TextGen-GuessNumber-v0": Task(str(GUESS_NUMBER_MODEL), env_kwargs=guess_number_defaults,
-                                   held_out_instances=_instances(HELD_OUT_SECRETS),
+                                   held_out_instances=_instances(HELD_OUT_GAMES),
                                    hyperparameters=dict(steps=131_072, n_steps=128, kl_coef=0.01)),
     # The registry's defaults learn it (0.29 -> 0.77 held-out in 32,768 steps): only the budget is the task's.
     "TextGen-Calculator-v0": Task(str(CALCULATOR_MODEL), env_kwargs=calculator_defaults,
@@ -168,6 +175,7 @@ class TrainConfig:
     ray_address: str | None = None  # rllib: an existing Ray cluster ("auto", "ray://host:10001"); default: local
 
     def __post_init__(self) -> None:
+        self._check_types()
         task = task_of(self.env)
         self._apply_hyperparameters(task)
         if task.multi_turn:
@@ -181,6 +189,27 @@ class TrainConfig:
         self.reward = task.reward if self.reward is None else self.reward
         self.max_new_tokens = task.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
 
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type (``steps: "a lot"`` or ``n_envs: "8"`` in a YAML file) by its field's
+        annotation: an int where a float goes is fine, a bool is not a number."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            allowed = tuple(typing.get_origin(t) or t for t in members if t is not type(None))
+            optional = type(None) in members
+            if value is None and optional:
+                continue
+            if float in allowed:
+                allowed += (int,)
+            if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+                continue
+            names = " or ".join(t.__name__ for t in allowed if t is not int or float not in allowed)
+            names += " or null" if optional else ""
+            fix = (f"; in YAML write it without quotes, e.g. {f.name}: {_example(f.name, allowed)}"
+                   if isinstance(value, str) else f", e.g. {f.name}: {_example(f.name, allowed)}")
+            raise ConfigTypeError(f"{f.name}={value!r} ({type(value).__name__}): {f.name} takes {names}{fix}.")
+
     def _apply_hyperparameters(self, task: Task) -> None:
         """Fill the unset run fields from the task's tuned hyperparameters, then from the global defaults. The
         algorithm's own (learning rate, rollout size...) go to the policy-gradient algorithms that accept them
@@ -192,6 +221,11 @@ class TrainConfig:
                 spec is not None and spec.on_policy and self.algo != "trpo" and name in accepted)
             if applies and getattr(self, name) is None:
                 setattr(self, name, value)
+        if spec is not None:  # the algorithm's own values, so that config.yaml records what the run used
+            for name in ALGORITHM_HYPERPARAMETERS:
+                default = spec.kwargs.get(name, accepted[name].default if name in accepted else None)
+                if getattr(self, name) is None and name in accepted and type(default) in (int, float):
+                    setattr(self, name, default)
         self.steps = DEFAULT_STEPS if self.steps is None else self.steps
         self.kl_coef = DEFAULT_KL_COEF if self.kl_coef is None else self.kl_coef
 
@@ -228,6 +262,34 @@ class TrainConfig:
             if given:
                 raise ValueError(f"{', '.join(given)}: only the rllib backend takes {'them' if len(given) > 1 else 'it'}; "
                                  "add --backend rllib.")
+
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        import torch  # here, not at import: the CLI's --help stays fast
+
+        positive = ("steps", "n_envs", "learning_rate", "n_steps", "batch_size", "n_epochs", "max_new_tokens",
+                    "kl_target", "num_env_runners", "num_envs_per_env_runner")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value}: it must be positive (leave it unset for the default).")
+        for name in ("kl_coef", "eval_samples", "checkpoint_every", "log_samples", "num_learners",
+                     "num_gpus_per_learner"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value}: it must be 0 or more.")
+        if self.group_size is not None and self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size}: a group needs at least 2 completions per prompt.")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction={self.eval_fraction}: hold out a fraction between 0 and 1, e.g. 0.1.")
+        try:
+            device = torch.device("cpu" if self.device == "auto" else self.device)
+        except RuntimeError:
+            raise ValueError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r}: torch finds no CUDA GPU on this machine; use --device cpu "
+                             "(or auto, which takes a GPU when there is one).")
 
     def run_name(self) -> str:
         """The run directory's prefix: the algorithm, and the backend when it is not SB3."""
@@ -291,9 +353,28 @@ class TrainConfig:
                     n_epochs=self.n_epochs, policy_kwargs=policy_kwargs)
 
 
+def _example(name: str, allowed: tuple[type, ...]) -> str:
+    """A value of the right type for :meth:`TrainConfig._check_types`' message: the field's default, else a stand-in."""
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    if default is not None and default is not dataclasses.MISSING:
+        return json.dumps(default) if isinstance(default, str) else str(default)
+    return {float: "0.001", int: "8", str: '"text"', bool: "true", dict: "{key: value}"}[next(iter(allowed))]
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's keys as written: fields it leaves out stay unset, so flags such as --env can still
     fill them with their own defaults (TrainConfig resolves them only once everything is merged)."""
-    return yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config={str(path)!r}: no such file; give a YAML file of TrainConfig fields (a run's "
+                                "config.yaml works).")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"config={str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config={str(path)!r} holds a {type(values).__name__}; it must map field names to values "
+                         "(steps: 8192).")
+    return values
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
-from agents.runs.checkpoints import CheckpointError, atomic_checkpoint
+from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_name
+from agents.runs.interrupts import StopRequest, TrainingInterrupted
 from agents.runs.progress import Observer
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from agents.runs.config import TrainConfig
 
 DEFAULT_ENV_RUNNERS = 2
+CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers in milliseconds; a wrong address never does
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
                        "kl/penalty_per_episode")
 MODULE_IN_CHECKPOINT = Path("learner_group", "learner", "rl_module", DEFAULT_MODULE_ID)
@@ -97,12 +100,20 @@ class RLlibTrainer:
     def num_timesteps(self) -> int:
         return self._steps
 
-    def learn(self, total_steps: int, observers: Sequence[Observer] = ()) -> None:
-        """Run training iterations until ``total_steps`` env steps have been sampled; checkpoint on the way."""
+    def learn(self, total_steps: int, observers: Sequence[Observer] = (), stop: StopRequest | None = None) -> None:
+        """Run training iterations until ``total_steps`` env steps have been sampled; checkpoint on the way. Once
+        ``stop()`` is true, checkpoint after the iteration and raise :class:`TrainingInterrupted`."""
         every = self.config.checkpoint_every if self.run_dir is not None else 0
         next_checkpoint = (self._steps // every + 1) * every if every else None
         start = time.perf_counter()
         while self._steps < total_steps:
+            if stop is not None and stop():
+                checkpoint = None
+                if self.run_dir is not None:
+                    checkpoint = self.run_dir / "checkpoints" / checkpoint_name(self._steps)
+                    if not checkpoint.exists():
+                        self._checkpoint()
+                raise TrainingInterrupted(stop.signum, self._steps, checkpoint)
             result = self.algorithm.train()
             runners = result.get("env_runners", {})
             self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))
@@ -112,9 +123,12 @@ class RLlibTrainer:
             if self.run_dir is not None:
                 self._log(result, time.perf_counter() - start)
             if next_checkpoint is not None and self._steps >= next_checkpoint:
-                with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
-                    self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
+                self._checkpoint()
                 next_checkpoint = (self._steps // every + 1) * every
+
+    def _checkpoint(self) -> None:
+        with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
+            self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
 
     def _log(self, result: dict[str, Any], seconds: float) -> None:
         """One line of ``RUN/metrics.jsonl`` per iteration: steps, time, episode return, losses, KL."""
@@ -156,10 +170,29 @@ def start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address is not None:
+        check_reachable(address)
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     return True
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a ``HOST:PORT`` or ``ray://HOST:PORT`` address where nothing listens, within ``timeout_s``: Ray itself
+    retries such an address for minutes and ignores SIGTERM while it does. ``auto`` (a cluster started on this
+    machine) Ray resolves and refuses quickly on its own."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ray_address={address!r}: give auto (a cluster started on this machine), HOST:PORT (the "
+                         "head's GCS port, 6379 by default) or ray://HOST:10001 (Ray Client).")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"ray_address={address!r}: nothing answers at {host}:{port} within {timeout_s:.0f} s "
+                              f"({error.strerror or error}). Start the head there (ray start --head), or check the "
+                              "address, the port and the firewall.") from None
 
 
 def load_module(checkpoint: Path) -> RLModule:

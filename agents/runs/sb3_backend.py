@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
-from agents.runs.checkpoints import CheckpointCallback, load_checkpoint
+from agents.runs.checkpoints import ResumableCheckpointCallback, checkpoint_name, load_checkpoint, save_checkpoint
+from agents.runs.interrupts import StopRequest, TrainingInterrupted
 from agents.runs.progress import Observer
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.sb3.group_advantages import GroupAdvantageCallback
@@ -52,6 +54,9 @@ class SB3Trainer:
             self.algorithm = make_algorithm(config.algo, self.vec_env, model=config.lm, seed=config.seed,
                                             device=config.device, tensorboard_log=tensorboard,
                                             **config.algorithm_kwargs())
+        if self.algorithm.tensorboard_log is None:
+            # SB3's default logger would make an empty tempdir/SB3-<time> folder at every learn().
+            self.algorithm.set_logger(Logger(folder=None, output_formats=[]))
         self.policy = self.algorithm.policy
         self.reference = self.policy.load_reference_model()
         if self.kl is not None:
@@ -66,9 +71,10 @@ class SB3Trainer:
     def num_timesteps(self) -> int:
         return self.algorithm.num_timesteps
 
-    def learn(self, total_steps: int, observers: Sequence[Observer] = (), callbacks: Sequence[BaseCallback] = ()
-              ) -> None:
-        """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks."""
+    def learn(self, total_steps: int, observers: Sequence[Observer] = (), callbacks: Sequence[BaseCallback] = (),
+              stop: StopRequest | None = None) -> None:
+        """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks. Once ``stop()`` is true, write a checkpoint at the next rollout boundary and raise
+        :class:`agents.runs.interrupts.TrainingInterrupted`."""
         own: list[BaseCallback] = [ObserverCallback(observers)]
         if self.config.recomputes_log_probs and isinstance(self.policy, LMActorCriticPolicy):
             own.append(RecomputeLogProbsCallback())  # before KL shaping, which reads the log-probs
@@ -79,7 +85,9 @@ class SB3Trainer:
         if self.advantage is not None:  # after KL shaping, whose GAE it replaces
             own.append(self.advantage)
         if self.run_dir is not None and self.config.checkpoint_every:
-            own.append(CheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl))
+            own.append(ResumableCheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl))
+        if stop is not None:  # after the periodic checkpoint, which it reuses when both fall on one step
+            own.append(StopCallback(stop, self.run_dir and self.run_dir / "checkpoints", self.kl))
         self.algorithm.learn(total_timesteps=total_steps - self.num_timesteps, callback=[*own, *callbacks],
                              reset_num_timesteps=not self.resumed, tb_log_name="train")
 
@@ -102,6 +110,28 @@ class ObserverCallback(BaseCallback):
         returns = [float(info["episode"]["r"]) for info in self.locals["infos"] if "episode" in info]
         for observer in self.observers:
             observer(self.num_timesteps, returns)
+        return True
+
+
+class StopCallback(BaseCallback):
+    """Honours a stop request at the next rollout boundary, where a checkpoint resumes exactly: writes one there
+    (into ``directory``; None: none) and raises :class:`TrainingInterrupted`."""
+
+    def __init__(self, stop: StopRequest, directory: Path | None, kl: KLPenaltyCallback | None):
+        super().__init__()
+        self.stop, self.directory, self.kl = stop, directory, kl
+
+    def _on_rollout_start(self) -> None:
+        if not self.stop():
+            return
+        checkpoint = None
+        if self.directory is not None:
+            checkpoint = self.directory / checkpoint_name(self.num_timesteps)
+            if not checkpoint.exists():
+                save_checkpoint(self.model, self.directory, self.kl)
+        raise TrainingInterrupted(self.stop.signum, self.num_timesteps, checkpoint)
+
+    def _on_step(self) -> bool:
         return True
 
 

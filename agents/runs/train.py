@@ -8,8 +8,9 @@ and ``summary.json``; SB3 runs also ``tensorboard/``.
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -17,8 +18,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from stable_baselines3.common.callbacks import BaseCallback
+from transformers import GenerationConfig
 
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
+from agents.runs.model_card import write_model_card
+from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
 from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, Task, TrainConfig, read_yaml, resolve_algorithm, task_of
 from agents.runs.progress import progress_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
@@ -79,9 +83,12 @@ def make_trainer(config: TrainConfig, eval_env: TextGenEnv | MultiTurnEnv, train
 
 def train(config: TrainConfig | None = None, resume: str | Path | None = None, console: Console | None = None,
           callbacks: list[BaseCallback] = ()) -> Path:
-    """Train (or, with ``resume=RUN``, continue RUN from its last checkpoint), report, save; returns the run dir.
+    """Train (or, with ``resume=RUN``, continue RUN from its last checkpoint), save, report; returns the run dir.
 
-    ``callbacks`` are extra SB3 callbacks, run alongside lm-gym's own (SB3 backend only).
+    ``callbacks`` are extra SB3 callbacks, run alongside lm-gym's own (SB3 backend only). SIGTERM or SIGINT while
+    training writes a checkpoint and raises :class:`TrainingInterrupted`; a failed save raises
+    :class:`RunSaveError` naming the last intact checkpoint. A new run that fails before training starts leaves
+    no directory behind.
     """
     console = console or Console()
     if resume is not None:
@@ -95,62 +102,136 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
     else:
         config = config or TrainConfig()
         config.validate()
-        run_dir = new_run_dir(config.out, config.run_name())
-        config.to_yaml(run_dir / "config.yaml")
     if callbacks and config.backend != "sb3":
         raise ValueError("callbacks= are SB3 callbacks; RLlib runs take RLlib callbacks in their AlgorithmConfig.")
+    if resume is None:
+        run_dir = new_run_dir(config.out, config.run_name())
+    with StopRequest() as stop:
+        try:
+            if resume is None:
+                config.to_yaml(run_dir / "config.yaml")
+            trainer, evaluate, before = _start(config, run_dir, console, checkpoints[-1] if resume else None)
+        except BaseException:
+            if resume is None:  # nothing trained yet: leave no empty run behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        try:
+            start = time.perf_counter()
+            stop.deferring = True
+            with progress_bar(console, config.steps, trainer.num_timesteps) as observe:
+                trainer.learn(config.steps, [observe], stop=stop,
+                              **({"callbacks": callbacks} if callbacks else {}))
+            stop.deferring = False
+            train_seconds = time.perf_counter() - start
+            _save_final(trainer, run_dir, config)
+            after = evaluate()
+        except TrainingInterrupted as interrupted:
+            console.print(_interrupted_message(interrupted, run_dir))
+            raise
+        except OSError as error:
+            if error.errno in DISK_FULL:
+                raise RunSaveError(_save_failure(run_dir, error)) from error
+            raise
+        finally:
+            trainer.close()
+    task = config.suite_task
+    summary = {"config": asdict(config), "train_seconds": train_seconds, "resumed_at": before.resumed_at,
+               "before": before.stats, "after": after.stats,
+               # The held-out optimum, on reward_mean's scale (None: the task has no known optimum).
+               "optimum": task.optimum if task else None, "metric": task.metric if task else None,
+               "samples_before": before.samples, "samples_after": after.samples}
+    try:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_model_card(run_dir, config, summary)
+    except OSError as error:
+        raise RunSaveError(_save_failure(run_dir, error, trained=True)) from error
+    if config.eval_samples:
+        print_report(console, before.stats, after.stats, before.samples, after.samples, before.prompts,
+                     config.eval_samples, task)
+    else:
+        console.print("no held-out report: eval_samples=0.")
+    saved = ", ".join(f"{run_dir}/{name}" for name in trainer.final_files)
+    console.print(f"trained in {train_seconds:.0f} s; saved {saved} ({config.backend}), {run_dir}/lm (Hugging Face), "
+                  f"{run_dir}/summary.json")
+    return run_dir
+
+
+@dataclass
+class HeldOut:
+    """A held-out evaluation (None everywhere with ``eval_samples=0``) and, for ``before``, the step it resumed at."""
+
+    stats: dict | None
+    samples: list[dict] | None
+    prompts: int
+    resumed_at: int | None = None
+
+
+def _start(config: TrainConfig, run_dir: Path, console: Console, resume_from: Path | None):
+    """Build the trainer and measure (or, resuming, read back) the held-out score before training."""
     eval_env, train_prompts, held_out = make_eval_env(config)
     if config.prompts is not None and config.eval_prompts is None and config.eval_split is None \
             and config.eval_fraction is None:
         console.print("note: no held-out prompts given (eval_prompts, eval_split or eval_fraction); the report uses "
                       "the bundled held-out review openings.")
-    trainer = make_trainer(config, eval_env, train_prompts, run_dir, checkpoints[-1] if resume is not None else None)
+    trainer = make_trainer(config, eval_env, train_prompts, run_dir, resume_from)
     try:
         for note in trainer.notes:
             console.print(f"note: {note}")
 
-        def evaluate():
+        def evaluate() -> HeldOut:
+            if not config.eval_samples:
+                return HeldOut(None, None, len(held_out))
             torch.manual_seed(config.seed)
             episodes = sample_episodes(trainer.policy, eval_env, held_out, config.eval_samples,
                                        reference=trainer.reference)
-            return summarize(episodes), episodes
+            return HeldOut(summarize(episodes), episodes_to_dicts(episodes), len(held_out))
 
         done = trainer.num_timesteps
         console.print(f"[bold]lm-gym train[/bold]: {config.backend} {config.algo} on {config.env}, "
                       f"reward={config.reward!r}, model={config.model or 'bundled'}, {config.steps} steps on "
-                      f"{trainer.device} -> {run_dir}" + (f" (resuming at step {done})" if resume is not None else ""))
-        if resume is None:
-            before, before_episodes = evaluate()
-            before_samples = episodes_to_dicts(before_episodes)
-            (run_dir / "before.json").write_text(json.dumps({"stats": before, "samples": before_samples}))
+                      f"{trainer.device} -> {run_dir}" + (f" (resuming at step {done})" if resume_from else ""))
+        if resume_from is None:
+            before = evaluate()
+            (run_dir / "before.json").write_text(json.dumps({"stats": before.stats, "samples": before.samples}))
         else:  # measured when the run started
             saved = json.loads((run_dir / "before.json").read_text())
-            before, before_samples = saved["stats"], saved["samples"]
+            before = HeldOut(saved["stats"], saved["samples"], len(held_out), resumed_at=done or None)
+    except BaseException:
+        trainer.close()
+        raise
+    return trainer, evaluate, before
 
-        start = time.perf_counter()
-        with progress_bar(console, config.steps, done) as observe:
-            trainer.learn(config.steps, [observe], **({"callbacks": callbacks} if callbacks else {}))
-        train_seconds = time.perf_counter() - start
-        after, after_episodes = evaluate()
-        after_samples = episodes_to_dicts(after_episodes)
-        print_report(console, before, after, before_samples, after_samples, len(held_out), config.eval_samples,
-                     config.suite_task)
 
+def _save_final(trainer, run_dir: Path, config: TrainConfig) -> None:
+    """The backend's save and the Hugging Face export, first thing after training: nothing later can lose them."""
+    try:
         trainer.save(run_dir)
         trainer.policy.save_pretrained(run_dir / "lm")
-    finally:
-        trainer.close()
-    task = config.suite_task
-    summary = {"config": asdict(config), "train_seconds": train_seconds, "resumed_at": done or None,
-               "before": before, "after": after,
-               # The held-out optimum, on reward_mean's scale (None: the task has no known optimum).
-               "optimum": task.optimum if task else None, "metric": task.metric if task else None,
-               "samples_before": before_samples, "samples_after": after_samples}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    saved = ", ".join(f"{run_dir}/{name}" for name in trainer.final_files)
-    console.print(f"trained in {train_seconds:.0f} s; saved {saved} ({config.backend}), {run_dir}/lm (Hugging Face), "
-                  f"{run_dir}/summary.json")
-    return run_dir
+        if not config.task.multi_turn:  # pipeline() then generates as many tokens as an episode has
+            generation = GenerationConfig.from_pretrained(run_dir / "lm")
+            generation.max_new_tokens = config.max_new_tokens
+            generation.save_pretrained(run_dir / "lm")
+    except OSError as error:
+        raise RunSaveError(_save_failure(run_dir, error)) from error
+
+
+def _save_failure(run_dir: Path, error: OSError, trained: bool = False) -> str:
+    checkpoints = checkpoint_dirs(run_dir)
+    intact = (f"the last intact checkpoint is {checkpoints[-1]} (lm-gym train --resume {run_dir} continues from it)"
+              if checkpoints else "no checkpoint was written")
+    what = "the run's summary" if trained else "the run"
+    return (f"could not save {what} into {run_dir}: {error.strerror or error} "
+            f"({error.filename or 'a file there'}); {intact}. Free some space and resume.")
+
+
+def _interrupted_message(interrupted: TrainingInterrupted, run_dir: Path) -> str:
+    if interrupted.step is None and (run_dir / "lm").is_dir():
+        return (f"stopped by {interrupted} after training: {run_dir}/lm and the backend's save are written; the "
+                "held-out report and summary.json are not (lm-gym evaluate RUN gives the report).")
+    if interrupted.checkpoint is None:
+        return f"stopped by {interrupted}: no checkpoint written (none due yet)."
+    return (f"stopped by {interrupted}: checkpoint {interrupted.checkpoint}; continue with: "
+            f"lm-gym train --resume {run_dir}")
 
 
 def print_report(console: Console, before: dict, after: dict, before_samples: list[dict], after_samples: list[dict],

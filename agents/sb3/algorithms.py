@@ -19,7 +19,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
-from agents.sb3.policy import LMActorCriticPolicy
+from agents.sb3.policy import LMActorCriticPolicy, LMTRPOPolicy
 from agents.sb3.q_policy import LMDQNPolicy, LMQRDQNPolicy
 
 
@@ -72,6 +72,22 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "dqn": AlgorithmSpec(DQN, LMDQNPolicy, dict(OFF_POLICY), on_policy=False),
     "qrdqn": AlgorithmSpec(QRDQN, LMQRDQNPolicy, dict(OFF_POLICY), dict(n_quantiles=16), on_policy=False),
 }
+
+
+POLICY_ALIAS = "LMPolicy"
+
+
+def register_policy_aliases() -> None:
+    """Let every algorithm take the LM policy by name, as SB3 users write ``PPO("MlpPolicy", env)``:
+    ``PPO("LMPolicy", env, policy_kwargs={"model": "gpt2"})``. SB3 looks a string policy up in the class's
+    ``policy_aliases``; each class gets a new dict (its own, not a shared parent's), with the alias and the
+    policy's class name."""
+    for cls, policy in ((PPO, LMActorCriticPolicy), (A2C, LMActorCriticPolicy), (MaskablePPO, LMActorCriticPolicy),
+                        (TRPO, LMTRPOPolicy), (DQN, LMDQNPolicy), (QRDQN, LMQRDQNPolicy)):
+        cls.policy_aliases = {**cls.policy_aliases, POLICY_ALIAS: policy, policy.__name__: policy}
+
+
+register_policy_aliases()
 
 
 def make_algorithm(name: str, env: VecEnv, model: str | None = None, seed: int | None = None, device: str = "auto",

@@ -13,7 +13,7 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from agents.lm.actor_critic import MASKED_LOGIT, LMActorCritic, eos_token_ids, sample_tokens
-from agents.lm.forward import forward_plan
+from agents.lm.forward import check_token_observation, forward_plan
 from agents.lm.kv_cache import RolloutKVCache
 from agents.sb3.nlpo import TopPMask
 from lm_gym.models import ModelRef
@@ -133,6 +133,7 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
     def _logits_and_values(self, obs: PyTorchObs, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and values (see :meth:`LMActorCritic.logits_and_values`); update minibatches also feed the
         buffer-order check."""
+        check_token_observation(obs, self.lm)
         if cached:
             return self.logits_and_values(obs, cached=True)
         plan = forward_plan(obs["input_ids"], obs["attention_mask"], share=self.group_episodes)
@@ -203,6 +204,16 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         # Without gradients this is SB3's bootstrap at the end of a rollout, on the observations that follow its
         # last step: the KV cache continues them, and the next rollout's first step finds them cached.
         return self._logits_and_values(obs, cached=True)[1]
+
+
+class LMTRPOPolicy(LMActorCriticPolicy):
+    """:class:`LMActorCriticPolicy` with what sb3-contrib's TRPO needs by default: eager attention (its
+    second-order step differentiates twice through attention) and a critic that does not move the LM (its value
+    optimizer steps every parameter it is given). ``TRPO("LMPolicy", env)`` gets this one."""
+
+    def __init__(self, *args: Any, attn_implementation: str | None = "eager", shared_critic: bool = False,
+                 **kwargs: Any):
+        super().__init__(*args, attn_implementation=attn_implementation, shared_critic=shared_critic, **kwargs)
 
 
 class EpisodeLengthMonitor:

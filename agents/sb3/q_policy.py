@@ -13,7 +13,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch import nn
 
-from agents.lm.forward import next_token_logits
+from agents.lm.forward import check_token_observation, next_token_logits
 from lm_gym.models import ModelRef, load_causal_lm, load_frozen_lm, save_pretrained
 
 
@@ -42,6 +42,7 @@ class LMQNetwork(BasePolicy):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, obs: PyTorchObs) -> torch.Tensor:
+        check_token_observation(obs, self.lm)
         logits, hidden = next_token_logits(self.lm, obs, int(self.action_space.n))
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).float()  # (B, 1 or n_quantiles)
         log_probs = logits.log_softmax(-1)

@@ -15,22 +15,38 @@ GUESS_NUMBER_MODEL = ASSETS_DIR / "guess-number-lm"
 """The bundled GPT-2 that plays the game, imperfectly (built by ``scripts/build_guess_number_lm.py``); it also
 knows the format of GEM's ``game:GuessTheNumber-v0-easy``."""
 
-LOW, HIGH = 1, 100
-MAX_TURNS = math.ceil(math.log2(HIGH - LOW + 2))  # 7: binary search always finds the number within this many
-HELD_OUT_SECRETS = 20
+SPAN = 100  # every game's range holds 100 numbers: low .. low + 99
+LOWEST, HIGHEST_LOW = 1, 100  # where ranges start: 1 .. 100 (so numbers run up to 199)
+MAX_TURNS = math.ceil(math.log2(SPAN + 1))  # 7: binary search always finds the number within this many
+HELD_OUT_LOWS = 20
+HELD_OUT_GAMES = 40
 SPLITS = ("train", "test")
 
 
-def secrets(split: str = "train") -> list[int]:
-    """The secret numbers of a split, by a fixed shuffle of 1..100: ``"test"`` holds 20, ``"train"`` the other 80."""
+def range_starts(split: str = "train") -> list[int]:
+    """Where a split's ranges start, by a fixed shuffle of 1..100: ``"test"`` holds 20, ``"train"`` the other 80.
+
+    The split is over ranges, not secrets: every training range is played with every secret in it, so a policy
+    cannot do well on training games by learning which numbers are secrets; it has to search. The held-out
+    ranges are numbers it never searched."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}.")
-    numbers = list(range(LOW, HIGH + 1))
-    random.Random(0).shuffle(numbers)
-    return sorted(numbers[:HELD_OUT_SECRETS] if split == "test" else numbers[HELD_OUT_SECRETS:])
+    starts = list(range(LOWEST, HIGHEST_LOW + 1))
+    random.Random(0).shuffle(starts)
+    return sorted(starts[:HELD_OUT_LOWS] if split == "test" else starts[HELD_OUT_LOWS:])
 
 
-def binary_search_turns(secret: int, low: int = LOW, high: int = HIGH) -> int:
+def games(split: str = "train") -> list[tuple[int, int]]:
+    """A split's games as ``(low, secret)``, the range being ``low .. low + 99``. ``"train"``: each of its 80
+    ranges with each of its 100 secrets (8,000 games); ``"test"``: 40 games, two per held-out range, the secrets
+    drawn once by a fixed seed."""
+    if split == "test":
+        rng = random.Random(1)
+        return [(low, low + rng.randrange(SPAN)) for low in range_starts("test") for _ in range(2)]
+    return [(low, low + offset) for low in range_starts("train") for offset in range(SPAN)]
+
+
+def binary_search_turns(secret: int, low: int, high: int) -> int:
     """Guesses the optimal player (the midpoint of what is left, rounded down) needs to find ``secret``."""
     turns = 0
     while True:
@@ -44,23 +60,28 @@ def binary_search_turns(secret: int, low: int = LOW, high: int = HIGH) -> int:
 class GuessNumber:
     """The game as a text env (GEM's API): one secret per episode, ``max_turns`` guesses to find it.
 
-    ``reset(seed)`` picks the split's secret number ``seed mod len(split)`` (so seeds ``0 .. 19`` of ``"test"`` are its
-    20 secrets once each). The agent's turn is read for its first integer. A wrong guess gets ``"higher"`` or
-    ``"lower"`` and the range the hints so far leave (``"higher, 51 to 100"``): a helpful host, so that the game's
-    state is in its last reply and a small LM need not track every hint; the optimum is binary search all the
-    same. A turn without a number from 1 to 100 gets ``"a number from 1 to 100"`` and costs the turn. The right
-    number pays 1.0 and ends the episode (``info["turns"]``: guesses used); after ``max_turns`` wrong guesses the
-    episode ends with 0 (``terminated``: the game is lost, not cut short).
+    ``reset(seed)`` plays the split's game ``seed mod len(split)`` (so seeds ``0 .. 39`` of ``"test"`` are its 40
+    games once each): a range of 100 numbers, ``low`` to ``low + 99``, and a secret in it. The agent's turn is
+    read for its first integer. A wrong guess gets ``"higher"`` or ``"lower"`` and the range the hints so far leave
+    (``"higher, 51 to 100"``): a helpful host, so that the game's state is in its last reply and a small LM need
+    not track every hint; the optimum is binary search all the same. A turn without a number in the range gets
+    ``"a number from LOW to HIGH"`` and costs the turn. The right number pays 1.0 and ends the episode
+    (``info["turns"]``: guesses used); after ``max_turns`` wrong guesses the episode ends with 0 (``terminated``:
+    the game is lost, not cut short).
     """
 
     def __init__(self, split: str = "train", max_turns: int = MAX_TURNS):
-        self.split, self.max_turns, self.secrets = split, max_turns, secrets(split)
-        self.secret, self.turn, self.low, self.high = None, 0, LOW, HIGH
+        self.split, self.max_turns, self.games = split, max_turns, games(split)
+        self.secret, self.turn = None, 0
+        self.first = self.last = self.low = self.high = 0  # set by reset()
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        index = random.randrange(len(self.secrets)) if seed is None else seed % len(self.secrets)
-        self.secret, self.turn, self.low, self.high = self.secrets[index], 0, LOW, HIGH
-        return f"Guess my number from {LOW} to {HIGH} in {self.max_turns} tries.", {"secret": self.secret}
+        index = random.randrange(len(self.games)) if seed is None else seed % len(self.games)
+        self.first, self.secret = self.games[index]
+        self.last = self.first + SPAN - 1
+        self.turn, self.low, self.high = 0, self.first, self.last
+        return (f"Guess my number from {self.first} to {self.last} in {self.max_turns} tries.",
+                {"secret": self.secret, "low": self.first, "high": self.last})
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.secret is None:
@@ -73,8 +94,8 @@ class GuessNumber:
             return "correct", 1.0, True, False, info
         if self.turn >= self.max_turns:
             return f"no, it was {self.secret}", 0.0, True, False, info
-        if guess is None or not LOW <= guess <= HIGH:
-            return f"a number from {LOW} to {HIGH}", 0.0, False, False, info
+        if guess is None or not self.first <= guess <= self.last:
+            return f"a number from {self.first} to {self.last}", 0.0, False, False, info
         if guess < self.secret:
             self.low = max(self.low, guess + 1)
         else:
@@ -87,13 +108,13 @@ class GuessNumberEnv(MultiTurnEnv):
     """
     ## Description
 
-    Find a secret number from 1 to 100 in at most 7 guesses, one guess per turn; the env answers each wrong
-    guess with "higher" or "lower" and the range left ("higher, 51 to 100"). Multi-turn at the token level (:class:`lm_gym.MultiTurnEnv` over the
+    Find a secret number in a range of 100 (``"from 37 to 136"``; ranges start anywhere from 1 to 100) in at
+    most 7 guesses, one guess per turn; the env answers each wrong guess with "higher" or "lower" and the range
+    left ("higher, 87 to 136"). Multi-turn at the token level (:class:`lm_gym.MultiTurnEnv` over the
     :class:`GuessNumber` text env): the agent writes its guess and EOS, and the reply is appended in the same
     step. The optimum is known: binary search finds every number within 7 guesses (success 1.0; 5.8 guesses on
-    average over the 100 numbers, 5.95 over the 20 held-out ones). The bundled LM
-    (``scripts/build_guess_number_lm.py``) learned the format from an imperfect scripted player and succeeds on
-    about 0.3 of the held-out games, so RL has room.
+    average over a range's 100 numbers). The bundled LM (``scripts/build_guess_number_lm.py``) learned the
+    format from an imperfect scripted player and succeeds on about 0.3 of the held-out games, so RL has room.
 
     ## Action Space
 
@@ -101,7 +122,7 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Observation Space
 
-    TextGen-v0's ``Dict`` of ``input_ids`` / ``attention_mask``, ``Box(shape=(128,), dtype=int64)``: the whole game,
+    TextGen-v0's ``Dict`` of ``input_ids`` / ``attention_mask``, ``Box(shape=(160,), dtype=int64)``: the whole game,
     e.g. ``"Guess my number from 1 to 100 in 7 tries.\\n50<eos>\\nhigher, 51 to 100\\n75<eos>\\n..."``.
 
     ## Rewards
@@ -110,8 +131,9 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Starting State
 
-    A secret number of the split: ``split="train"`` (80 numbers) or ``"test"`` (the other 20, held out); the text
-    env's seed picks it (``reset(options={"text_env_seed": i})``: the split's i-th number).
+    A game of the split: ``split="train"`` (80 ranges, each with each of its 100 secrets) or ``"test"`` (40 games
+    on the other 20 ranges, held out); the text env's seed picks it (``reset(options={"text_env_seed": i})``: the
+    split's i-th game).
 
     ## Episode End
 
@@ -123,7 +145,8 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Version History
 
-    * v0: Initial version (lm-gym 0.3).
+    * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 the ranges vary and the splits are over ranges (before:
+      1 to 100 always, 80 training and 20 held-out secrets, which a policy could fit instead of searching).
     """
 
     def __init__(self, split: str = "train", **kwargs: Any):
@@ -132,5 +155,5 @@ class GuessNumberEnv(MultiTurnEnv):
 
 def guess_number_defaults(split: str = "train") -> dict[str, Any]:
     """The ``MultiTurnEnv`` arguments that make ``TextGen-GuessNumber-v0`` on ``split``."""
-    return dict(text_env=functools.partial(GuessNumber, split), model=str(GUESS_NUMBER_MODEL), max_tokens=128,
+    return dict(text_env=functools.partial(GuessNumber, split), model=str(GUESS_NUMBER_MODEL), max_tokens=160,
                 max_turn_tokens=6, max_turns=MAX_TURNS, reply_template="\n{reply}\n")

@@ -1,0 +1,70 @@
+"""Stopping a run on SIGTERM or SIGINT without losing it, and saying so when saving fails.
+
+SLURM, Kubernetes and ``timeout`` send SIGTERM some seconds before they kill; Ctrl-C sends SIGINT. While a run
+trains, :class:`StopRequest` turns the first of either into a request that the backend honours at the next
+rollout (SB3) or iteration (RLlib) boundary, where the state is consistent: it writes a checkpoint there and
+raises :class:`TrainingInterrupted`, so ``lm-gym train --resume RUN`` continues exactly. A second signal stops at
+once. Outside training (loading, held-out evaluation) a signal raises :class:`TrainingInterrupted` straight away.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped by a signal; ``checkpoint`` is where it can resume from (None: nothing written)."""
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: Path | None = None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"{signal.Signals(signum).name}{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class RunSaveError(OSError):
+    """Writing a run's files failed (a full disk, a lost mount...); the message names what is still intact."""
+
+
+class StopRequest:
+    """While active (``with StopRequest() as stop``), SIGINT/SIGTERM set ``stop.signum``; ``stop.deferring``
+    says whether training will honour it at its next boundary (else the signal raises at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferring = False
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        """True once a stop was requested: what the trainers poll."""
+        return self.signum is not None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.deferring or self.signum is not None:
+            raise TrainingInterrupted(signum)
+        self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping at the end of this rollout to write a "
+                         "checkpoint (send it again to stop at once, without one).\n")
+        sys.stderr.flush()
