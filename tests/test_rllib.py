@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,8 +159,10 @@ def test_only_synchronous_ppo_recomputes_log_probs():
 def ppo_run(local_ray, tmp_path_factory):
     """RLlib PPO through the CLI, no KL shaping: 2 env runners x 4 envs on the toy task."""
     out = tmp_path_factory.mktemp("rllib")
+    ray_results = set((Path.home() / "ray_results").glob("*"))
     main(["train", "--backend", "rllib", "--algo", "ppo", *TASK, "--steps", "6144", "--learning-rate", "1e-3",
           "--n-steps", "32", "--num-env-runners", "2", "--kl-coef", "0", "--out", str(out)])
+    assert set((Path.home() / "ray_results").glob("*")) <= ray_results  # no stray empty folder per run
     (run,) = out.iterdir()
     return run
 
@@ -174,6 +177,13 @@ def test_rllib_ppo_raises_the_held_out_reward_and_exports_a_hugging_face_lm(ppo_
     assert (ppo_run / "algorithm").is_dir() and (ppo_run / "config.yaml").exists()
     metrics = [json.loads(line) for line in (ppo_run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["num_env_steps"] >= 6144 and {"policy_loss", "vf_loss", "entropy"} <= set(metrics[-1])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(ppo_run / "tensorboard" / "train_1")).Reload()  # SB3's layout and tag names
+    assert {"rollout/ep_rew_mean", "train/value_loss", "train/policy_gradient_loss"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("rollout/ep_rew_mean")[-1].step == metrics[-1]["num_env_steps"]
+    held_out = EventAccumulator(str(ppo_run / "tensorboard" / "held_out")).Reload()
+    assert [e.value for e in held_out.Scalars("held_out/reward_mean")] == pytest.approx([before, after])
     text = pipeline("text-generation", model=str(ppo_run / "lm"), device="cpu")("the movie was", max_new_tokens=3)
     assert text[0]["generated_text"].startswith("the movie was")
     evaluation = evaluate_run(ppo_run, samples=4)  # reads the RLlib checkpoint without Ray

@@ -236,13 +236,20 @@ def finished_run(tmp_path_factory):
 def test_tensorboard_gets_reward_kl_entropy_and_sample_text(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (log_dir,) = (finished_run / "tensorboard").iterdir()
-    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0}).Reload()
+    assert sorted(p.name for p in (finished_run / "tensorboard").iterdir()) == ["held_out", "train_1"]
+    events = EventAccumulator(str(finished_run / "tensorboard" / "train_1"), size_guidance={"tensors": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"rollout/ep_rew_mean", "kl/per_episode", "kl/coef", "train/entropy_loss"} <= scalars
     texts = events.Tensors("rollout/samples/text_summary")
     assert len(texts) == 2  # one table per rollout
     assert all(b"| prompt | completion | reward |" in t.tensor_proto.string_val[0] for t in texts)
+    # The held-out before/after, next to the training curves.
+    held_out = EventAccumulator(str(finished_run / "tensorboard" / "held_out"), size_guidance={"tensors": 0}).Reload()
+    summary = json.loads((finished_run / "summary.json").read_text())
+    rewards = held_out.Scalars("held_out/reward_mean")
+    assert [(e.step, round(e.value, 5)) for e in rewards] == [
+        (0, round(summary["before"]["reward_mean"], 5)), (128, round(summary["after"]["reward_mean"], 5))]
+    assert b"| prompt | completion | reward |" in held_out.Tensors("held_out/samples_after/text_summary")[0].tensor_proto.string_val[0]
 
 
 def test_evaluate_reports_every_metric(finished_run, tmp_path):

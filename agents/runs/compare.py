@@ -202,23 +202,34 @@ def _curve_band(runs: list[dict], column: int) -> tuple[np.ndarray, np.ndarray] 
     curves = [np.array(r["curve"]) for r in runs if r["curve"]]
     if not curves:
         return None
-    grid = np.linspace(min(c[0, column] for c in curves), min(c[-1, column] for c in curves), 50)
+    # Up to the seeds' mean end (the table's mean time): a seed that ended sooner holds its last value.
+    grid = np.linspace(min(c[0, column] for c in curves), np.mean([c[-1, column] for c in curves]), 50)
     return grid, np.stack([np.interp(grid, c[:, column], c[:, 2]) for c in curves])
 
 
 def plot_curves(results: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Mean return (line) and min-max over seeds (band), against env steps and against wall-clock time."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    """Mean training return (line) and min-max over seeds (band) against env steps and wall-clock time, and each
+    seed's held-out score against its KL to the initial LM (what the return cost)."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    axes[1].sharey(axes[0])
     for algo, runs in results.items():
+        color = None
         for axis, column in zip(axes, (0, 1)):
             band = _curve_band(runs, column)
             if band is None:
                 continue
             grid, values = band
-            (line,) = axis.plot(grid, values.mean(0), label=algo)
-            axis.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            (line,) = axis.plot(grid, values.mean(0), label=algo, color=color)
+            color = line.get_color()
+            axis.fill_between(grid, values.min(0), values.max(0), color=color, alpha=0.2)
+        kl = [r["final"]["kl_mean"] for r in runs]
+        score = [r["final"]["reward_mean"] for r in runs]
+        points = axes[2].scatter(kl, score, color=color, alpha=0.5, label=algo)
+        axes[2].scatter([np.mean(kl)], [np.mean(score)], color=points.get_facecolor()[0], marker="X", s=90)
     axes[0].set(xlabel="env steps (generated tokens)", ylabel="episode reward (training)", title=title)
     axes[1].set(xlabel="wall-clock seconds", title="same runs against time")
+    axes[2].set(xlabel="KL to the initial LM (nats per episode)", ylabel="held-out score",
+                title="held-out, after training (x: mean over seeds)")
     for axis in axes:
         axis.grid(alpha=0.3)
     axes[0].legend()

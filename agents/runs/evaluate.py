@@ -12,6 +12,7 @@ from rich.table import Table
 
 from agents.sb3.algorithms import ALGORITHMS
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
+from agents.runs.progress import episodes_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.train import TrainConfig, fraction_of_optimum, make_eval_env
 from lm_gym.prompts import PromptSource, load_prompts
@@ -52,7 +53,9 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
     reference = policy.load_reference_model()
     torch.manual_seed(seed)
     samples = samples or config.eval_samples
-    episodes = sample_episodes(policy, eval_env, texts, samples, reference=reference)
+    console = console or Console()
+    with episodes_bar(console, len(texts) * samples, "evaluating") as progress:
+        episodes = sample_episodes(policy, eval_env, texts, samples, reference=reference, progress=progress)
     stats = summarize(episodes)
     result = {"run": str(run), "weights": str(weights), "prompts": len(texts), "stats": stats,
               "samples": episodes_to_dicts(episodes)}
@@ -67,7 +70,6 @@ def evaluate_run(run: str | Path, prompts: PromptSource = None, samples: int | N
         table.add_row("reward / optimum", fraction_of_optimum(stats["reward_mean"], task))
     out = run / f"evaluation-{datetime.now():%Y%m%d-%H%M%S-%f}.json"
     out.write_text(json.dumps(result, indent=2))
-    console = console or Console()
     console.print(table)
     console.print(f"wrote {out}")
     return result

@@ -72,3 +72,13 @@ def progress_bar(console: Console, total: int, done: int = 0, description: str =
             progress.update(task, completed=min(num_timesteps, total), reward=reward)
 
         yield observe
+
+
+@contextlib.contextmanager
+def episodes_bar(console: Console, total: int, description: str = "held-out") -> Iterator[Callable[[int], None]]:
+    """A progress bar over held-out episodes; yields ``update(episodes_done)`` (``sample_episodes``' progress)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)

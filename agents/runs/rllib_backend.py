@@ -34,6 +34,10 @@ DEFAULT_ENV_RUNNERS = 2
 CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers in milliseconds; a wrong address never does
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
                        "kl/penalty_per_episode")
+# metrics.jsonl's keys -> the tags SB3's logger gives the same quantities (entropy: SB3 logs the loss, -entropy).
+SB3_TAGS = {"episode_return_mean": "rollout/ep_rew_mean", "policy_loss": "train/policy_gradient_loss",
+            "vf_loss": "train/value_loss", "entropy": "train/entropy", "kl/per_token": "kl/per_token",
+            "kl/per_episode": "kl/per_episode", "kl/coef": "kl/coef", "kl/penalty_per_episode": "kl/penalty_per_episode"}
 MODULE_IN_CHECKPOINT = Path("learner_group", "learner", "rl_module", DEFAULT_MODULE_ID)
 
 
@@ -88,6 +92,7 @@ class RLlibTrainer:
         self.reference = policy.load_reference_model()
         self.device = str(next(policy.parameters()).device)
         self.resumed = resume_from is not None
+        self.writer = _tensorboard_writer(run_dir)
         self.notes: list[str] = []
         self._steps = int(self.algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
 
@@ -131,22 +136,48 @@ class RLlibTrainer:
             self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
 
     def _log(self, result: dict[str, Any], seconds: float) -> None:
-        """One line of ``RUN/metrics.jsonl`` per iteration: steps, time, episode return, losses, KL."""
+        """One line of ``RUN/metrics.jsonl`` per iteration (steps, time, episode return, losses, KL) and the same
+        values in TensorBoard under SB3's tag names (``rollout/ep_rew_mean``, ``train/value_loss``, ``kl/*``), so
+        runs of both backends overlay in one ``tensorboard --logdir``."""
         runners = result.get("env_runners", {})
         learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
         line = {"num_env_steps": self._steps, "seconds": round(seconds, 3),
                 "episode_return_mean": runners.get("episode_return_mean"),
                 **{key: learner[key] for key in LOGGED_LEARNER_KEYS if key in learner}}
+        line = {k: (float(v) if v is not None else None) for k, v in line.items()}
         with open(self.run_dir / "metrics.jsonl", "a") as out:
-            out.write(json.dumps({k: (float(v) if v is not None else None) for k, v in line.items()}) + "\n")
+            out.write(json.dumps(line) + "\n")
+        if self.writer is not None:
+            for key, tag in SB3_TAGS.items():
+                if line.get(key) is not None:
+                    self.writer.add_scalar(tag, line[key], self._steps)
+            self.writer.add_scalar("time/seconds", seconds, self._steps)
 
     def save(self, run_dir: Path) -> None:
         self.algorithm.save_to_path(str((run_dir / "algorithm").resolve()))
 
     def close(self) -> None:
         self.algorithm.stop()
+        # Outside Tune, Ray's Trainable still makes ~/ray_results/<date><random>/ for each Algorithm, and leaves it
+        # empty: remove it (only if empty: never anything a user wrote there).
+        logdir = Path(self.algorithm.logdir)
+        if logdir.is_dir() and not any(logdir.iterdir()):
+            logdir.rmdir()
+        if self.writer is not None:
+            self.writer.close()
         if self.started_ray:
             ray.shutdown()
+
+
+def _tensorboard_writer(run_dir: Path | None):
+    """A SummaryWriter into ``RUN/tensorboard/train_1`` (SB3's layout), or None without a run or tensorboard."""
+    if run_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the tensorboard package is an extra
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard" / "train_1"))  # a resumed run adds an events file there
 
 
 def rllib_resources(config: TrainConfig, cluster_gpus: float) -> dict[str, Any]:
@@ -169,6 +200,9 @@ def start_ray(address: str | None) -> bool:
     """Join ``address`` or start a local Ray sized to this machine; False when Ray was already running here."""
     if ray.is_initialized():
         return False
+    # Ray's C++ core logs warnings (e.g. about actor max_restarts) straight to this process's stderr, through any
+    # progress bar; errors still show.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     if address is not None:
         check_reachable(address)
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ def sample_episodes(
     reference: nn.Module | None = None,
     deterministic: bool = False,
     batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Episode]:
     """Run one episode per (prompt, sample), batching the policy call across all running episodes.
 
@@ -46,6 +47,7 @@ def sample_episodes(
     :class:`lm_gym.Prompt` records whose references the reward needs (``exact_match``, ``rouge``, ``bleu``), or
     reset options as dicts (a multi-turn task's instances: ``{"text_env_seed": s}``). A multi-turn episode's
     ``completion`` is its conversation after the first message, its ``num_tokens`` the agent's tokens.
+    ``progress(n)`` is called with the number of episodes finished so far, after every batch.
     """
     base = env.unwrapped
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
@@ -82,6 +84,8 @@ def sample_episodes(
         for i, e in enumerate(envs):
             episodes.append(Episode(seen[i], e.completion, float(returns[i]), float(kls[i]), e.num_new_tokens,
                                     float(ref_totals[i]), e.stopped))
+        if progress is not None:
+            progress(len(episodes))
     return episodes
 
 

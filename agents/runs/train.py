@@ -21,10 +21,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from transformers import GenerationConfig
 
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
+from agents.runs.held_out_log import log_held_out
 from agents.runs.model_card import write_model_card
 from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
 from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, Task, TrainConfig, read_yaml, resolve_algorithm, task_of
-from agents.runs.progress import progress_bar
+from agents.runs.progress import episodes_bar, progress_bar
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
 from lm_gym.env import TextGenEnv
@@ -143,6 +144,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
     try:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         write_model_card(run_dir, config, summary)
+        if config.eval_samples:
+            log_held_out(run_dir, before.stats, after.stats, after.samples, config.steps)
     except OSError as error:
         raise RunSaveError(_save_failure(run_dir, error, trained=True)) from error
     if config.eval_samples:
@@ -182,8 +185,9 @@ def _start(config: TrainConfig, run_dir: Path, console: Console, resume_from: Pa
             if not config.eval_samples:
                 return HeldOut(None, None, len(held_out))
             torch.manual_seed(config.seed)
-            episodes = sample_episodes(trainer.policy, eval_env, held_out, config.eval_samples,
-                                       reference=trainer.reference)
+            with episodes_bar(console, len(held_out) * config.eval_samples, "held-out") as progress:
+                episodes = sample_episodes(trainer.policy, eval_env, held_out, config.eval_samples,
+                                           reference=trainer.reference, progress=progress)
             return HeldOut(summarize(episodes), episodes_to_dicts(episodes), len(held_out))
 
         done = trainer.num_timesteps
