@@ -4,7 +4,7 @@ Offline and reproducible (fixed seeds, one thread). The traces are played *throu
 (``lm_gym.MultiTurnEnv``), so the LM learns exactly the token layout RL will show it: the text env's first
 message, the agent's guess and EOS, the reply. The player is deliberately imperfect: each guess is the midpoint of
 the range left with probability 0.35, any number of the game's range with probability 0.2 (ignoring the hints),
-and else a uniform pick from the range left (success within 7 guesses: 0.46). A fifth of the traces are GEM's
+and else a uniform pick from the range left. A fifth of the traces are GEM's
 ``game:GuessTheNumber-v0-easy`` (1 to 10 in 4 turns, guesses written ``\\boxed{n}``, GEM's own replies), so the
 same LM trains on that GEM env offline too (fewer: GEM's instructions make them long). The tokenizer spells
 numbers digit by digit (no BPE merges across digits), so that the midpoint of "51 to 100" is a computation on

@@ -29,14 +29,14 @@ def test_binary_search_finds_every_number_within_the_turn_limit_through_the_text
                 break
             assert not terminated and reply.startswith(("higher", "lower"))
             low, high = map(int, reply.split(", ")[1].split(" to "))  # the host's range is the hints' range
-        assert info["turns"] == turns == binary_search_turns(game.secret, *start) <= MAX_TURNS == 7
+        assert info["turns"] == turns == binary_search_turns(game.secret, *start) <= MAX_TURNS == 6
     assert np.mean([binary_search_turns(s, 1, 100) for s in range(1, 101)]) == pytest.approx(5.8)
 
 
 def test_splits_are_disjoint_ranges_and_seeds_pick_each_held_out_game_once():
     train, test = range_starts("train"), range_starts("test")
-    assert len(train) == 80 and len(test) == 20 and not set(train) & set(test)
-    assert sorted(train + test) == list(range(1, 101))
+    assert len(train) == 40 and len(test) == 10 and not set(train) & set(test)
+    assert sorted(train + test) == list(range(1, 51)) and max(low + SPAN - 1 for low in train + test) == 99
     # Every training range is played with every secret in it: no secret is more likely than another, so a policy
     # cannot fit the training secrets instead of searching.
     assert sorted(games("train")) == sorted((low, low + k) for low in train for k in range(SPAN))
@@ -47,13 +47,13 @@ def test_splits_are_disjoint_ranges_and_seeds_pick_each_held_out_game_once():
     assert [(game.reset(seed=i)[1]["low"], game.secret) for i in range(HELD_OUT_GAMES)] == held_out
 
 
-def test_bad_guesses_cost_a_turn_and_the_game_ends_lost_after_seven():
+def test_bad_guesses_cost_a_turn_and_the_game_ends_lost_after_six():
     game = GuessNumber("test")
     game.reset(seed=0)
     low, high = game.first, game.last
     assert game.step("no idea")[:3] == (f"a number from {low} to {high}", 0.0, False)
     assert game.step(str(high + 1))[0] == f"a number from {low} to {high}"
-    for _ in range(4):
+    for _ in range(3):
         reply, reward, terminated, _, _ = game.step("0")
     wrong = next(n for n in range(low, high + 1) if n != game.secret)
     reply, reward, terminated, truncated, info = game.step(str(wrong))
@@ -63,7 +63,7 @@ def test_bad_guesses_cost_a_turn_and_the_game_ends_lost_after_seven():
 def test_the_env_passes_the_gymnasium_checks_and_registers():
     env = gym.make("TextGen-GuessNumber-v0")
     check_env(env.unwrapped, skip_render_check=True)
-    assert env.observation_space["input_ids"].shape == (160,)
+    assert env.observation_space["input_ids"].shape == (128,)
 
 
 @pytest.mark.slow

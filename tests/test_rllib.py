@@ -27,7 +27,7 @@ from agents.rllib.algorithms import check_module_config, rllib_config, trained_m
 from agents.rllib.log_probs import RecomputeLogProbs
 from agents.rllib.segments import BOOTSTRAP_STEP_ADDED
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
-from agents.runs.rllib_backend import check_reachable, load_module
+from agents.runs.rllib_backend import RLlibTrainer, check_reachable, load_module
 from agents.runs.cli import main
 from agents.runs.train import TrainConfig, train
 
@@ -159,10 +159,19 @@ def test_only_synchronous_ppo_recomputes_log_probs():
 def ppo_run(local_ray, tmp_path_factory):
     """RLlib PPO through the CLI, no KL shaping: 2 env runners x 4 envs on the toy task."""
     out = tmp_path_factory.mktemp("rllib")
-    ray_results = set((Path.home() / "ray_results").glob("*"))
-    main(["train", "--backend", "rllib", "--algo", "ppo", *TASK, "--steps", "6144", "--learning-rate", "1e-3",
-          "--n-steps", "32", "--num-env-runners", "2", "--kl-coef", "0", "--out", str(out)])
-    assert set((Path.home() / "ray_results").glob("*")) <= ray_results  # no stray empty folder per run
+    logdirs, close = [], RLlibTrainer.close
+
+    def recording_close(trainer):
+        logdirs.append(Path(trainer.algorithm.logdir))  # what Ray's Trainable made under ~/ray_results
+        close(trainer)
+
+    RLlibTrainer.close = recording_close
+    try:
+        main(["train", "--backend", "rllib", "--algo", "ppo", *TASK, "--steps", "6144", "--learning-rate", "1e-3",
+              "--n-steps", "32", "--num-env-runners", "2", "--kl-coef", "0", "--out", str(out)])
+    finally:
+        RLlibTrainer.close = close
+    assert logdirs and not any(d.exists() for d in logdirs)  # no stray empty ~/ray_results folder per run
     (run,) = out.iterdir()
     return run
 

@@ -15,16 +15,16 @@ GUESS_NUMBER_MODEL = ASSETS_DIR / "guess-number-lm"
 """The bundled GPT-2 that plays the game, imperfectly (built by ``scripts/build_guess_number_lm.py``); it also
 knows the format of GEM's ``game:GuessTheNumber-v0-easy``."""
 
-SPAN = 100  # every game's range holds 100 numbers: low .. low + 99
-LOWEST, HIGHEST_LOW = 1, 100  # where ranges start: 1 .. 100 (so numbers run up to 199)
-MAX_TURNS = math.ceil(math.log2(SPAN + 1))  # 7: binary search always finds the number within this many
-HELD_OUT_LOWS = 20
+SPAN = 50  # every game's range holds 50 numbers: low .. low + 49
+LOWEST, HIGHEST_LOW = 1, 50  # where ranges start: 1 .. 50 (so numbers stay below 100: two digits)
+MAX_TURNS = math.ceil(math.log2(SPAN + 1))  # 6: binary search always finds the number within this many
+HELD_OUT_LOWS = 10
 HELD_OUT_GAMES = 40
 SPLITS = ("train", "test")
 
 
 def range_starts(split: str = "train") -> list[int]:
-    """Where a split's ranges start, by a fixed shuffle of 1..100: ``"test"`` holds 20, ``"train"`` the other 80.
+    """Where a split's ranges start, by a fixed shuffle of 1..50: ``"test"`` holds 10, ``"train"`` the other 40.
 
     The split is over ranges, not secrets: every training range is played with every secret in it, so a policy
     cannot do well on training games by learning which numbers are secrets; it has to search. The held-out
@@ -37,12 +37,13 @@ def range_starts(split: str = "train") -> list[int]:
 
 
 def games(split: str = "train") -> list[tuple[int, int]]:
-    """A split's games as ``(low, secret)``, the range being ``low .. low + 99``. ``"train"``: each of its 80
-    ranges with each of its 100 secrets (8,000 games); ``"test"``: 40 games, two per held-out range, the secrets
+    """A split's games as ``(low, secret)``, the range being ``low .. low + 49``. ``"train"``: each of its 40
+    ranges with each of its 50 secrets (2,000 games); ``"test"``: 40 games, four per held-out range, the secrets
     drawn once by a fixed seed."""
     if split == "test":
         rng = random.Random(1)
-        return [(low, low + rng.randrange(SPAN)) for low in range_starts("test") for _ in range(2)]
+        return [(low, low + rng.randrange(SPAN)) for low in range_starts("test")
+                for _ in range(HELD_OUT_GAMES // HELD_OUT_LOWS)]
     return [(low, low + offset) for low in range_starts("train") for offset in range(SPAN)]
 
 
@@ -61,9 +62,9 @@ class GuessNumber:
     """The game as a text env (GEM's API): one secret per episode, ``max_turns`` guesses to find it.
 
     ``reset(seed)`` plays the split's game ``seed mod len(split)`` (so seeds ``0 .. 39`` of ``"test"`` are its 40
-    games once each): a range of 100 numbers, ``low`` to ``low + 99``, and a secret in it. The agent's turn is
+    games once each): a range of 50 numbers, ``low`` to ``low + 49``, and a secret in it. The agent's turn is
     read for its first integer. A wrong guess gets ``"higher"`` or ``"lower"`` and the range the hints so far leave
-    (``"higher, 51 to 100"``): a helpful host, so that the game's state is in its last reply and a small LM need
+    (``"higher, 38 to 62"``): a helpful host, so that the game's state is in its last reply and a small LM need
     not track every hint; the optimum is binary search all the same. A turn without a number in the range gets
     ``"a number from LOW to HIGH"`` and costs the turn. The right number pays 1.0 and ends the episode
     (``info["turns"]``: guesses used); after ``max_turns`` wrong guesses the episode ends with 0 (``terminated``:
@@ -108,12 +109,12 @@ class GuessNumberEnv(MultiTurnEnv):
     """
     ## Description
 
-    Find a secret number in a range of 100 (``"from 37 to 136"``; ranges start anywhere from 1 to 100) in at
-    most 7 guesses, one guess per turn; the env answers each wrong guess with "higher" or "lower" and the range
-    left ("higher, 87 to 136"). Multi-turn at the token level (:class:`lm_gym.MultiTurnEnv` over the
+    Find a secret number in a range of 50 (``"from 13 to 62"``; ranges start anywhere from 1 to 50) in at most 6
+    guesses, one guess per turn; the env answers each wrong guess with "higher" or "lower" and the range left
+    ("higher, 38 to 62"). Multi-turn at the token level (:class:`lm_gym.MultiTurnEnv` over the
     :class:`GuessNumber` text env): the agent writes its guess and EOS, and the reply is appended in the same
-    step. The optimum is known: binary search finds every number within 7 guesses (success 1.0; 5.8 guesses on
-    average over a range's 100 numbers). The bundled LM (``scripts/build_guess_number_lm.py``) learned the
+    step. The optimum is known: binary search finds every number within 6 guesses (success 1.0; 4.86 guesses
+    on average over a range's 50 numbers). The bundled LM (``scripts/build_guess_number_lm.py``) learned the
     format from an imperfect scripted player and succeeds on about 0.3 of the held-out games, so RL has room.
 
     ## Action Space
@@ -122,8 +123,8 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Observation Space
 
-    TextGen-v0's ``Dict`` of ``input_ids`` / ``attention_mask``, ``Box(shape=(160,), dtype=int64)``: the whole game,
-    e.g. ``"Guess my number from 1 to 100 in 7 tries.\\n50<eos>\\nhigher, 51 to 100\\n75<eos>\\n..."``.
+    TextGen-v0's ``Dict`` of ``input_ids`` / ``attention_mask``, ``Box(shape=(128,), dtype=int64)``: the whole game,
+    e.g. ``"Guess my number from 13 to 62 in 6 tries.\\n37<eos>\\nhigher, 38 to 62\\n50<eos>\\n..."``.
 
     ## Rewards
 
@@ -131,13 +132,13 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Starting State
 
-    A game of the split: ``split="train"`` (80 ranges, each with each of its 100 secrets) or ``"test"`` (40 games
-    on the other 20 ranges, held out); the text env's seed picks it (``reset(options={"text_env_seed": i})``: the
+    A game of the split: ``split="train"`` (40 ranges, each with each of its 50 secrets) or ``"test"`` (40 games
+    on the other 10 ranges, held out); the text env's seed picks it (``reset(options={"text_env_seed": i})``: the
     split's i-th game).
 
     ## Episode End
 
-    Terminated when the number is found or after 7 wrong guesses; an agent turn has at most 6 tokens.
+    Terminated when the number is found or after 6 wrong guesses; an agent turn has at most 6 tokens.
 
     ## Arguments
 
@@ -145,8 +146,9 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Version History
 
-    * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 the ranges vary and the splits are over ranges (before:
-      1 to 100 always, 80 training and 20 held-out secrets, which a policy could fit instead of searching).
+    * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 the ranges vary (50 numbers, 6 guesses) and the splits
+      are over ranges (before: 1 to 100 and 7 guesses always, 80 training and 20 held-out secrets, which a policy
+      could fit instead of searching).
     """
 
     def __init__(self, split: str = "train", **kwargs: Any):
@@ -155,5 +157,5 @@ class GuessNumberEnv(MultiTurnEnv):
 
 def guess_number_defaults(split: str = "train") -> dict[str, Any]:
     """The ``MultiTurnEnv`` arguments that make ``TextGen-GuessNumber-v0`` on ``split``."""
-    return dict(text_env=functools.partial(GuessNumber, split), model=str(GUESS_NUMBER_MODEL), max_tokens=160,
+    return dict(text_env=functools.partial(GuessNumber, split), model=str(GUESS_NUMBER_MODEL), max_tokens=128,
                 max_turn_tokens=6, max_turns=MAX_TURNS, reply_template="\n{reply}\n")
