@@ -47,9 +47,10 @@ class TextGenVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed if isinstance(seed, int) else None)
-        if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
-            self.venv._seeds = seeds  # what VecEnv.seed(s) sets, per env: taken at the next reset
+        if isinstance(seed, int):
+            self.venv.seed(seed)  # env i gets seed + i at the next reset
+        elif seed is not None:
+            self.venv._seeds = list(seed)  # what VecEnv.seed sets, one per env: SB3 has no public call for a list
         if options is not None:
             self.venv.set_options(options)
         observations = self.venv.reset()

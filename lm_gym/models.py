@@ -144,14 +144,11 @@ def save_pretrained(lm: PreTrainedModel, model: ModelRef, path: str | os.PathLik
     return path
 
 
-def policy_sampling(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase,
-                    max_new_tokens: int | None = None) -> GenerationConfig:
+def policy_sampling(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
     """A copy of ``generation`` that samples the way lm-gym's policies do: the plain softmax, no top-k/top-p."""
     generation = copy.deepcopy(generation)
     generation.do_sample, generation.top_k, generation.top_p, generation.temperature = True, 0, 1.0, 1.0
     generation.pad_token_id = tokenizer.pad_token_id
     if generation.eos_token_id is None:
         generation.eos_token_id = tokenizer.eos_token_id
-    if max_new_tokens is not None:
-        generation.max_new_tokens = max_new_tokens
     return generation

@@ -203,8 +203,11 @@ def check_token_observation(obs: Observation, lm: PreTrainedModel) -> None:
     fail with a bare ``IndexError``, or silently read rounded garbage."""
     ids = obs["input_ids"]
     vocabulary = lm.get_input_embeddings().num_embeddings
+    if ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)  # one reduction, one device sync: this runs on every rollout step
     integral = not ids.is_floating_point() or bool(torch.equal(ids, ids.round()))
-    if integral and (ids.numel() == 0 or 0 <= int(ids.min()) and int(ids.max()) < vocabulary):
+    if integral and 0 <= int(low) and int(high) < vocabulary:
         return
     raise ValueError(f"observation input_ids must be token ids in [0, {vocabulary}); got {ids.dtype} values such as "
                      f"{ids.flatten()[:4].tolist()}. A wrapper changed them: with SB3's VecNormalize use "

@@ -154,8 +154,7 @@ USER_ERRORS = (ValueError, ConfigTypeError, FileNotFoundError, FileExistsError, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         run(args)
     except TrainingInterrupted as interrupted:  # the run printed where it stopped and how to resume

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import json
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field

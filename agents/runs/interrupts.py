@@ -13,8 +13,12 @@ import errno
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
+
+from agents.runs.checkpoints import checkpoint_name
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -68,3 +72,14 @@ class StopRequest:
         sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping at the end of this rollout to write a "
                          "checkpoint (send it again to stop at once, without one).\n")
         sys.stderr.flush()
+
+
+def stop_at(stop: StopRequest, step: int, directory: Path | None, save: Callable[[], object]) -> NoReturn:
+    """Honour ``stop`` at a boundary where a checkpoint resumes exactly: ``save()`` the checkpoint of ``step`` into
+    ``directory`` unless the periodic one already is that (None: write none), then raise TrainingInterrupted."""
+    checkpoint = None
+    if directory is not None:
+        checkpoint = Path(directory) / checkpoint_name(step)
+        if not checkpoint.exists():
+            save()
+    raise TrainingInterrupted(stop.signum, step, checkpoint)

@@ -21,8 +21,8 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
-from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_name
-from agents.runs.interrupts import StopRequest, TrainingInterrupted
+from agents.runs.checkpoints import CheckpointError, atomic_checkpoint
+from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
@@ -113,12 +113,7 @@ class RLlibTrainer:
         start = time.perf_counter()
         while self._steps < total_steps:
             if stop is not None and stop():
-                checkpoint = None
-                if self.run_dir is not None:
-                    checkpoint = self.run_dir / "checkpoints" / checkpoint_name(self._steps)
-                    if not checkpoint.exists():
-                        self._checkpoint()
-                raise TrainingInterrupted(stop.signum, self._steps, checkpoint)
+                stop_at(stop, self._steps, self.run_dir and self.run_dir / "checkpoints", self._checkpoint)
             result = self.algorithm.train()
             runners = result.get("env_runners", {})
             self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))

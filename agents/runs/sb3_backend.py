@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
-from agents.runs.checkpoints import ResumableCheckpointCallback, checkpoint_name, load_checkpoint, save_checkpoint
-from agents.runs.interrupts import StopRequest, TrainingInterrupted
+from agents.runs.checkpoints import ResumableCheckpointCallback, load_checkpoint, save_checkpoint
+from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.sb3.group_advantages import GroupAdvantageCallback
@@ -73,7 +73,8 @@ class SB3Trainer:
 
     def learn(self, total_steps: int, observers: Sequence[Observer] = (), callbacks: Sequence[BaseCallback] = (),
               stop: StopRequest | None = None) -> None:
-        """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks. Once ``stop()`` is true, write a checkpoint at the next rollout boundary and raise
+        """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks. Once ``stop()`` is true,
+        write a checkpoint at the next rollout boundary and raise
         :class:`agents.runs.interrupts.TrainingInterrupted`."""
         own: list[BaseCallback] = [ObserverCallback(observers)]
         if self.config.recomputes_log_probs and isinstance(self.policy, LMActorCriticPolicy):
@@ -122,14 +123,9 @@ class StopCallback(BaseCallback):
         self.stop, self.directory, self.kl = stop, directory, kl
 
     def _on_rollout_start(self) -> None:
-        if not self.stop():
-            return
-        checkpoint = None
-        if self.directory is not None:
-            checkpoint = self.directory / checkpoint_name(self.num_timesteps)
-            if not checkpoint.exists():
-                save_checkpoint(self.model, self.directory, self.kl)
-        raise TrainingInterrupted(self.stop.signum, self.num_timesteps, checkpoint)
+        if self.stop():
+            stop_at(self.stop, self.num_timesteps, self.directory,
+                    lambda: save_checkpoint(self.model, self.directory, self.kl))
 
     def _on_step(self) -> bool:
         return True
