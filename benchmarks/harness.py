@@ -18,7 +18,7 @@ import torch
 import transformers
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 import lm_gym
 from agents import EpisodeRolloutBuffer, LMActorCriticPolicy
@@ -30,7 +30,14 @@ SHAPES = {
     "tiny": None,  # the bundled LM: 2 layers x 64, vocabulary 512
     "tiny-1k": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512),  # the bundled shape, 1024 positions
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257),  # 124M parameters
+    # Qwen2-0.5B's shape (494M parameters: grouped-query attention, 2 KV heads, tied embeddings, 151,936 tokens).
+    "qwen2-0.5b": dict(architecture="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
+                       num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
+    # The same architecture, small: what benchmarks/gpu.sh --dry-run runs on a CPU.
+    "qwen2-tiny": dict(architecture="qwen2", num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, vocab_size=1024, tie_word_embeddings=True),
 }
+ARCHITECTURES = {"gpt2": (GPT2Config, GPT2LMHeadModel), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 
 
 def add_shape_arguments(parser) -> None:
@@ -41,6 +48,7 @@ def add_shape_arguments(parser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="the LM's weights (default: float32)")
 
 
 def model_path(shape: str) -> str:
@@ -54,9 +62,12 @@ def model_path(shape: str) -> str:
         # distribution and generate()'s sampling all span the full vocabulary (50,257 for GPT-2-small).
         tokenizer.add_tokens([f"<extra_{i}>" for i in range(SHAPES[shape]["vocab_size"] - len(tokenizer))])
         torch.manual_seed(0)
-        config = GPT2Config(n_positions=1024, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                            **SHAPES[shape])
-        GPT2LMHeadModel(config).save_pretrained(path)
+        fields = dict(SHAPES[shape])
+        config_class, model_class = ARCHITECTURES[fields.pop("architecture", "gpt2")]
+        positions = {"n_positions": 1024} if config_class is GPT2Config else {"max_position_embeddings": 1024}
+        config = config_class(**positions, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                              **fields)
+        model_class(config).save_pretrained(path)
         tokenizer.save_pretrained(path)
     return str(path)
 
@@ -115,6 +126,11 @@ def build_ppo(path_name: str, shape: str, n_envs: int, prompt_tokens: int, new_t
         venv, extra = lm_gym.make_vec_env(n_envs, seed=0, **env_kwargs), {"rollout_buffer_class": EpisodeRolloutBuffer}
     return PPO(LMActorCriticPolicy, venv, n_steps=n_steps or 2 * new_tokens, batch_size=batch_size or 4 * new_tokens,
                n_epochs=n_epochs, seed=0, device=device(), policy_kwargs={"model": model, **policy_kwargs}, **extra)
+
+
+def dtype_kwargs(dtype: str | None) -> dict[str, str]:
+    """The policy keyword for ``--dtype`` (none for the default, float32)."""
+    return {} if dtype is None else {"dtype": dtype}
 
 
 def collect_once(model: PPO) -> None:

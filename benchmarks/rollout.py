@@ -7,7 +7,8 @@ env steps for the rollout; for ``generate()``, each row's tokens up to and inclu
 keeps running until its last row finishes, as ``generate()`` does). The three are timed in turn within
 each repeat; medians of the repeats.
 
-    python benchmarks/rollout.py [--shape tiny|gpt2-small] [--n-envs 8,64] [--prompt-tokens 16] [--new-tokens 32]
+    python benchmarks/rollout.py [--shape tiny|gpt2-small|qwen2-0.5b] [--dtype bfloat16] [--n-envs 8,64]
+                                 [--prompt-tokens 16] [--new-tokens 32]
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 import torch
 
 import lm_gym
-from harness import (PATHS, add_shape_arguments, build_ppo, collect_once, machine, prompts_of_length, stop_token_ids,
-                     synchronize)
+from harness import (PATHS, add_shape_arguments, build_ppo, collect_once, dtype_kwargs, machine, prompts_of_length,
+                     stop_token_ids, synchronize)
 
 
 def timed(fn) -> tuple[float, int]:
@@ -58,8 +59,9 @@ def generate_fn(model, prompts: list[str], new_tokens: int, stop_ids: list[int] 
     return run
 
 
-def measure(shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, float]:
-    models = {name: build_ppo(name, shape, n_envs, prompt_tokens, new_tokens) for name in PATHS}
+def measure(shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int,
+            dtype: str | None = None) -> dict[str, float]:
+    models = {name: build_ppo(name, shape, n_envs, prompt_tokens, new_tokens, **dtype_kwargs(dtype)) for name in PATHS}
     for model in models.values():
         model.policy.set_training_mode(False)
     runs = {name: rollout_fn(model) for name, model in models.items()}
@@ -79,11 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(parser)
     args = parser.parse_args()
-    print(f"# rollout: {args.shape}, {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, "
+    print(f"# rollout: {args.shape} ({args.dtype or 'float32'}), {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, "
           f"{args.repeats} repeats; {machine()}")
     summary = []
     for n_envs in args.n_envs:
-        rates = measure(args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats)
+        rates = measure(args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype)
         print(f"## {n_envs} envs")
         for name, rate in rates.items():
             print(f"{name:14s} {rate:10.0f} tokens/s   {PATHS.get(name, 'the same LM, batch and prompts')}")

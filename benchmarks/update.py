@@ -9,7 +9,8 @@ tokens: what a supervised fine-tuning step on these tokens costs.
 - plain: SB3's default buffer, whose minibatches are single steps in random order;
 - recommended: ``EpisodeRolloutBuffer``, whose minibatches are whole episodes.
 
-    python benchmarks/update.py [--shape tiny|gpt2-small] [--n-envs 8,64] [--paths plain,recommended]
+    python benchmarks/update.py [--shape tiny|gpt2-small|qwen2-0.5b] [--dtype bfloat16] [--n-envs 8,64]
+                                [--paths plain,recommended]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from agents.sb3.buffers import EpisodeBatches
 from agents.lm.forward import position_ids
-from harness import PATHS, add_shape_arguments, build_ppo, collect_once, machine, median_seconds
+from harness import PATHS, add_shape_arguments, build_ppo, collect_once, dtype_kwargs, machine, median_seconds
 
 
 def minibatch_count(model) -> int:
@@ -68,8 +69,9 @@ def limit_step(model, minibatches: int):
     return run
 
 
-def measure(path_name: str, shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
-    model = build_ppo(path_name, shape, n_envs, prompt_tokens, new_tokens)
+def measure(path_name: str, shape: str, n_envs: int, prompt_tokens: int, new_tokens: int, repeats: int,
+            dtype: str | None = None) -> dict:
+    model = build_ppo(path_name, shape, n_envs, prompt_tokens, new_tokens, **dtype_kwargs(dtype))
     model.policy.set_training_mode(False)
     collect_once(model)
     tokens = model.n_steps * model.n_envs
@@ -89,14 +91,14 @@ def main() -> None:
     add_shape_arguments(parser)
     parser.add_argument("--paths", default=",".join(PATHS), help="which paths to time (the plain one is slow on big LMs)")
     args = parser.parse_args()
-    print(f"# update: {args.shape}, {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, one epoch "
+    print(f"# update: {args.shape} ({args.dtype or 'float32'}), {args.prompt_tokens} prompt + up to {args.new_tokens} new tokens, EOS on, one epoch "
           f"over one rollout of {2 * args.new_tokens} steps per env, minibatches of {4 * args.new_tokens} steps, "
           f"{args.repeats} repeats; {machine()}")
     summary = []
     for n_envs in args.n_envs:
         print(f"## {n_envs} envs")
         for path_name in args.paths.split(","):
-            r = measure(path_name, args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats)
+            r = measure(path_name, args.shape, n_envs, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype)
             ratio = r["train"] / r["limit"]
             print(f"{path_name:12s} PPO.train {r['train']:9.0f} tokens/s | limit {r['limit']:9.0f} tokens/s | "
                   f"{ratio:.2f}x  ({r['minibatches']} minibatches, {r['episodes']} episodes; {PATHS[path_name]})")

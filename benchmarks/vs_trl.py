@@ -4,7 +4,8 @@ TRL removed PPOTrainer from its main API; the ``trl==0.28.0`` wheel still ships 
 ``trl.experimental.ppo``. Install it in a separate environment (it is never a dependency of lm-gym):
 
     python3 -m venv /tmp/trl-venv && /tmp/trl-venv/bin/pip install torch==2.13.0 trl==0.28.0
-    python benchmarks/vs_trl.py --trl-python /tmp/trl-venv/bin/python [--shape tiny|gpt2-small]
+    python benchmarks/vs_trl.py --trl-python /tmp/trl-venv/bin/python [--shape tiny|gpt2-small|qwen2-0.5b]
+                                [--dtype bfloat16]
 
 Both sides get the same models built from one config (policy and its reference; a sequence-classification
 reward model of the same shape; TRL also needs a separate value model, lm-gym has a value head), the same
@@ -30,24 +31,27 @@ HERE = Path(__file__).resolve().parent
 def build_models(shape: str, out: Path) -> None:
     """Policy (causal LM) and reward (sequence classifier) of one shape, with the bundled tokenizer."""
     import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     import lm_gym
-    from harness import SHAPES
+    from harness import ARCHITECTURES, SHAPES
 
     tokenizer = lm_gym.load_tokenizer()
-    dims = SHAPES[shape] or dict(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer))
-    config = GPT2Config(n_positions=256, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, **dims)
+    dims = dict(SHAPES[shape] or dict(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer)))
+    config_class, _ = ARCHITECTURES[dims.pop("architecture", "gpt2")]
+    positions = {"max_position_embeddings": 256} if "hidden_size" in dims else {"n_positions": 256}
+    config = config_class(**positions, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **dims)
     torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(out / "policy")
+    AutoModelForCausalLM.from_config(config).save_pretrained(out / "policy")
     config.num_labels = 1
-    GPT2ForSequenceClassification(config).save_pretrained(out / "reward")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out / "reward")
     for name in ("policy", "reward"):
         tokenizer.save_pretrained(out / name)
 
 
-def run_ours(models: Path, prompts: list[str], new_tokens: int, epochs: int, iterations: int) -> float:
+def run_ours(models: Path, prompts: list[str], new_tokens: int, epochs: int, iterations: int,
+             dtype: str | None) -> float:
     import torch
     from stable_baselines3 import PPO
 
@@ -61,7 +65,8 @@ def run_ours(models: Path, prompts: list[str], new_tokens: int, epochs: int, ite
                               reward_kwargs={"model": str(models / "reward"), "label": 0, "output": "logit"})
     model = PPO(LMActorCriticPolicy, env, n_steps=new_tokens, batch_size=new_tokens * len(prompts), n_epochs=epochs,
                 learning_rate=3e-6, gamma=1.0, gae_lambda=0.95, seed=0, device="auto",
-                policy_kwargs={"model": policy}, rollout_buffer_class=EpisodeRolloutBuffer)
+                policy_kwargs={"model": policy, **({"dtype": dtype} if dtype else {})},
+                rollout_buffer_class=EpisodeRolloutBuffer)
     callback = KLPenaltyCallback(coef=0.05)
     steps = new_tokens * len(prompts)
     model.learn(steps, callback=callback)  # warm-up iteration (also loads the reference)
@@ -72,7 +77,8 @@ def run_ours(models: Path, prompts: list[str], new_tokens: int, epochs: int, ite
     return (time.perf_counter() - start) / iterations
 
 
-def run_trl(models: Path, prompts: list[str], new_tokens: int, epochs: int, iterations: int) -> float:
+def run_trl(models: Path, prompts: list[str], new_tokens: int, epochs: int, iterations: int,
+            dtype: str | None) -> float:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -89,7 +95,7 @@ def run_trl(models: Path, prompts: list[str], new_tokens: int, epochs: int, iter
                          kl_coef=0.05, learning_rate=3e-6, local_rollout_forward_batch_size=len(prompts),
                          num_sample_generations=0, report_to=[], save_strategy="no", logging_steps=10**6,
                          use_cpu=not torch.cuda.is_available(), seed=0, dataloader_num_workers=0)
-        load = lambda cls, name: cls.from_pretrained(models / name)
+        load = lambda cls, name: cls.from_pretrained(models / name, dtype=getattr(torch, dtype or "float32"))
         return PPOTrainer(args=args, processing_class=tokenizer, model=load(AutoModelForCausalLM, "policy"),
                           ref_model=load(AutoModelForCausalLM, "policy"),
                           reward_model=load(AutoModelForSequenceClassification, "reward"),
@@ -115,21 +121,23 @@ def _sync() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trl-python", help="python of the environment with trl==0.28.0")
+    parser.add_argument("--ours-only", action="store_true", help="time lm-gym's side alone (no TRL environment)")
     parser.add_argument("--shape", default="tiny")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="both sides' weights (default: float32)")
     parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--models", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:  # one side, in its own environment: print seconds per iteration as the last line
         prompts = json.loads((args.models / "prompts.json").read_text())
         run = run_ours if args.side == "ours" else run_trl
-        print(json.dumps(run(args.models, prompts, args.new_tokens, args.epochs, args.iterations)))
+        print(json.dumps(run(args.models, prompts, args.new_tokens, args.epochs, args.iterations, args.dtype)))
         return
-    if not args.trl_python:
-        parser.error("--trl-python is required (see the docstring for the separate TRL environment)")
+    if not args.trl_python and not args.ours_only:
+        parser.error("--trl-python is required (see the docstring for the separate TRL environment), or --ours-only")
     from harness import machine, prompts_of_length
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,17 +146,21 @@ def main() -> None:
         (models / "prompts.json").write_text(json.dumps(prompts_of_length(16, 8)))
         seconds: dict[str, list[float]] = {"ours": [], "trl": []}
         for _ in range(args.repeats):
-            for side, python in (("ours", sys.executable), ("trl", args.trl_python)):
+            for side, python in (("ours", sys.executable), ("trl", args.trl_python))[:1 if args.ours_only else 2]:
                 cmd = [python, str(HERE / "vs_trl.py"), "--side", side, "--models", str(models),
                        "--new-tokens", str(args.new_tokens), "--epochs", str(args.epochs),
-                       "--iterations", str(args.iterations)]
+                       "--iterations", str(args.iterations), *(["--dtype", args.dtype] if args.dtype else [])]
                 result = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
                 if result.returncode != 0:
                     sys.exit(f"{side} side failed:\n{result.stderr[-3000:]}")
                 seconds[side].append(float(result.stdout.strip().splitlines()[-1]))
-    ours, trl = statistics.median(seconds["ours"]), statistics.median(seconds["trl"])
-    print(f"# one PPO iteration: {args.shape}, batch 8, 16+{args.new_tokens} tokens, {args.epochs} epochs; {machine()}")
+    ours = statistics.median(seconds["ours"])
+    print(f"# one PPO iteration: {args.shape} ({args.dtype or 'float32'}), batch 8, 16+{args.new_tokens} tokens, {args.epochs} epochs; {machine()}")
     print(f"lm-gym (stock SB3 PPO)   {ours:8.3f} s/iteration   runs: {seconds['ours']}")
+    if args.ours_only:
+        print("TRL 0.28 PPOTrainer      not run (--ours-only)")
+        return
+    trl = statistics.median(seconds["trl"])
     print(f"TRL 0.28 PPOTrainer      {trl:8.3f} s/iteration   runs: {seconds['trl']}")
     print(f"lm-gym speed-up over TRL: {trl / ours:.2f}x (target > 1.0x)")
 

@@ -111,10 +111,13 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
 
     ## Info
 
-    At each turn end: ``turn``, ``agent_text``, ``reply_text``, ``turn_reward`` and ``text_env_info`` (the text
-    env's own info); at the episode end also ``transcript`` (``[(agent_text, reply_text), ...]``) and, as
-    TextGen-v0's last step, ``prompt``, ``completion`` (the conversation after the first message) and
-    ``num_new_tokens`` (the agent's tokens). ``reset`` returns ``{"prompt", "text_env_seed", "text_env_info"}``. Other steps return ``{}``.
+    The same keys with the same types on ``reset`` and on every step (what TorchRL's ``GymEnv`` and Gymnasium's
+    vector envs expect): ``prompt`` (the first message), ``completion`` (the conversation after it; ``""`` until
+    the last step, as TextGen-v0's), ``num_new_tokens`` (the agent's tokens so far), ``turn`` (turns played),
+    ``turn_end`` (whether this step ended a turn), ``agent_text``, ``reply_text`` and ``turn_reward`` (that turn's;
+    ``""``, ``""``, 0.0 on other steps), ``transcript`` (``[(agent_text, reply_text), ...]`` so far),
+    ``window_full`` (the episode ended because the next reply did not fit), ``text_env_seed`` and
+    ``text_env_info`` (the text env's own info from its latest reset or step; its keys are the text env's).
 
     ## Arguments
 
@@ -136,7 +139,8 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
 
     ## Version History
 
-    * v0: Initial version (lm-gym 0.3).
+    * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 every step's ``info`` has the same keys (mid-turn steps
+      returned ``{}``, and only turn ends and the last step carried their keys).
     """
 
     metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
@@ -184,6 +188,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         self._transcript: list[tuple[str, str]] = []
         self._first_text: str | None = None
         self._agent_tokens = 0
+        self._text_env_seed, self._text_env_info = -1, {}
         self._done = False
         self._terminated = False
         self._text_env_streams: tuple[Any, Any] | None = None  # the text env's own global random streams
@@ -221,9 +226,10 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
                              f"max_tokens={self.window}: raise max_tokens.")
         self._ids, self._turn_ids, self._transcript = ids, [], []
         self._first_text, self._agent_tokens, self._done, self._terminated = text, 0, False, False
+        self._text_env_seed, self._text_env_info = int(text_seed), dict(text_info or {})
         if self.render_mode == "human":
             self.render()
-        return self._observation(), {"prompt": text, "text_env_seed": int(text_seed), "text_env_info": text_info}
+        return self._observation(), self.step_info()
 
     def step(self, action: int | np.integer):
         if self._first_text is None:
@@ -231,7 +237,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         if self._done:
             raise RuntimeError("step() called after the episode ended; call env.reset() to start a new one.")
         if not self.add_agent_token(self.check_action(action)):
-            return self._observation(), 0.0, False, False, {}
+            return self._observation(), 0.0, False, False, self.step_info()
         turn = self.end_turn()
         return self.finish_turn(turn, self.codec.replies([turn.reply])[0] if not self.episode_over(turn) else [])
 
@@ -289,16 +295,19 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
             self._ids.extend(reply_ids)
         truncated = (turn.truncated or over or window_full) and not terminated
         self._done, self._terminated = terminated or truncated, terminated
-        info = {"turn": len(self._transcript), "agent_text": agent_text, "reply_text": reply, "turn_reward": reward,
-                "text_env_info": turn.info}
-        if window_full:
-            info["window_full"] = True
-        if self._done:  # TextGen-v0's last-step keys too, so loggers of either kind read the same
-            info.update(prompt=self._first_text, completion=self.completion, num_new_tokens=self._agent_tokens,
-                        transcript=list(self._transcript))
+        self._text_env_info = turn.info
         if self.render_mode == "human":
             self.render()
-        return self._observation(), reward, terminated, truncated, info
+        return self._observation(), reward, terminated, truncated, self.step_info(turn, window_full)
+
+    def step_info(self, turn: Turn | None = None, window_full: bool = False) -> dict[str, Any]:
+        """The step's info (see "Info"): ``turn`` is the turn this step ended, if any."""
+        return {"prompt": self._first_text, "completion": self.completion if self._done else "",
+                "num_new_tokens": self._agent_tokens, "turn": len(self._transcript), "turn_end": turn is not None,
+                "agent_text": "" if turn is None else turn.agent_text, "reply_text": "" if turn is None else turn.reply,
+                "turn_reward": 0.0 if turn is None else turn.reward, "transcript": list(self._transcript),
+                "window_full": window_full, "text_env_seed": self._text_env_seed,
+                "text_env_info": self._text_env_info}
 
     # ----- what evaluation and rendering read -----
 
@@ -324,7 +333,8 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         return {"ids": list(self._ids), "turn_ids": list(self._turn_ids), "transcript": list(self._transcript),
                 "first_text": self._first_text, "agent_tokens": self._agent_tokens, "done": self._done,
                 "terminated": self._terminated, "text_env": copy.deepcopy(self.text_env),
-                "text_env_streams": self._text_env_streams, "rng": self.np_random.bit_generator.state}
+                "text_env_streams": self._text_env_streams, "rng": self.np_random.bit_generator.state,
+                "text_env_seed": self._text_env_seed, "text_env_info": self._text_env_info}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._ids, self._turn_ids = list(state["ids"]), list(state["turn_ids"])
@@ -332,6 +342,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         self._agent_tokens, self._done, self._terminated = state["agent_tokens"], state["done"], state["terminated"]
         self.text_env = copy.deepcopy(state["text_env"])
         self._text_env_streams = state["text_env_streams"]
+        self._text_env_seed, self._text_env_info = state.get("text_env_seed", -1), state.get("text_env_info", {})
         self.np_random.bit_generator.state = state["rng"]
 
     # ----- internals -----

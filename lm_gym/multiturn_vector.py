@@ -58,7 +58,7 @@ class MultiTurnVecEnv(TokenVecEnv):
         append_token(self.input_ids, self.attention_mask, tokens)  # right for every row whose turn goes on
         rewards = np.zeros(self.num_envs, dtype=np.float32)
         dones = np.zeros(self.num_envs, dtype=bool)
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        infos = [env.step_info() for env in self.envs]  # the mid-turn ones; turn ends replace theirs below
         turns = {i: self.envs[i].end_turn() for i in ended}  # each text env plays its turn
         going_on = [i for i in ended if not self.envs[i].episode_over(turns[i])]
         reply_ids = dict(zip(going_on, self.env.codec.replies([turns[i].reply for i in going_on])))  # one call

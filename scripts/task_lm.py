@@ -73,7 +73,7 @@ def play(env: MultiTurnEnv, next_turn: Callable[[MultiTurnEnv], str], seed: int,
             _, reward, terminated, truncated, info = env.step(token)
             total += reward
             done = terminated or truncated
-            if info or done:  # the turn ended (the text, or max_turn_tokens)
+            if info["turn_end"] or done:  # the turn ended (the text, or max_turn_tokens)
                 break
     return Trace(list(env._ids), agent_positions, total)
 

@@ -91,6 +91,24 @@ def test_reply_tokens_are_context_and_rewards_land_on_each_turns_last_agent_toke
     assert not reply_ids & set(actions) - {great[0], 7, 8, 9, 10, eos}  # ... never among the actions
 
 
+def test_info_has_the_same_keys_and_types_on_reset_and_every_step():
+    """TorchRL's GymEnv builds its info spec from the first step and reads those keys on every later one (a missing
+    key is a KeyError there); Gymnasium's vector envs stack infos key by key."""
+    env = say_word_env()
+    eos = env.tokenizer.eos_token_id
+    _, first = env.reset(seed=0)
+    infos = [first] + [env.step(token)[4] for token in (5, eos, 5, 6, 7, 8, 5, eos)]
+    for info in infos:
+        assert {k: type(v) for k, v in info.items()} == {k: type(v) for k, v in first.items()}
+    mid_turn, turn_end, last = infos[1], infos[2], infos[-1]
+    assert not mid_turn["turn_end"] and mid_turn["agent_text"] == "" and mid_turn["turn"] == 0
+    assert turn_end["turn_end"] and turn_end["turn"] == 1 and turn_end["reply_text"] == "turn 1 done"
+    assert turn_end["completion"] == "" and last["completion"] == env.completion != ""
+    assert len(last["transcript"]) == 3 and last["text_env_info"] == {"turn": 3} and \
+        first["text_env_info"] == {"seed": first["text_env_seed"]}
+    assert [i["num_new_tokens"] for i in infos] == list(range(9))
+
+
 def test_max_turns_and_a_full_window_truncate_the_episode():
     env = say_word_env(max_turns=2)
     env.reset(seed=0)

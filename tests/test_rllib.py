@@ -1,6 +1,8 @@
 """The RLlib backend: LMRLModule, KL shaping, PPO/APPO/IMPALA runs, export, evaluation, resume, resources."""
 
+import dataclasses
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.postprocessing.episodes import add_one_ts_to_episodes_and_truncate
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, pipeline
 
 import lm_gym
@@ -261,19 +264,28 @@ def test_an_interrupted_rllib_run_resumes_from_its_last_checkpoint(local_ray, tm
 
     config = TrainConfig(backend="rllib", algo="ppo", reward="target_word", max_new_tokens=4, steps=1024, n_steps=32,
                          num_env_runners=1, num_envs_per_env_runner=8, checkpoint_every=512, eval_samples=1,
-                         out=str(tmp_path))
+                         out=str(tmp_path / "cut"))
+    whole = train(dataclasses.replace(config, out=str(tmp_path / "whole")))
     monkeypatch.setattr(Algorithm, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(config)
     monkeypatch.setattr(Algorithm, "train", original)
-    (run,) = tmp_path.iterdir()
+    (run,) = (tmp_path / "cut").iterdir()
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000000512"] and not (run / "summary.json").exists()
     # Resume as a user does: `lm-gym train --resume RUN`, in a new process that never saw this run's config.
+    # With this process's thread count: the learner's float sums depend on it.
     resumed = subprocess.run([sys.executable, "-m", "agents.runs.cli", "train", "--resume", str(run)],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_at"] == 512 and (run / "algorithm").is_dir()
+    # The env runners continued their random streams, envs and cut episodes (sampling_state.pt): the resumed run
+    # is the uninterrupted one, sample for sample and weight for weight (without it: weights 0.003 apart).
+    returns = [[json.loads(line)["episode_return_mean"] for line in (r / "metrics.jsonl").open()] for r in (whole, run)]
+    assert returns[0] == returns[1] and len(returns[0]) == 4
+    exported = [load_file(r / "lm" / "model.safetensors") for r in (whole, run)]
+    assert all(torch.equal(exported[0][name], exported[1][name]) for name in exported[0])
     with pytest.raises(FileExistsError, match="finished already"):
         train(resume=run)
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000000512", "step-000001024"]

@@ -29,7 +29,7 @@ def play_text(env: lm_gym.MultiTurnEnv, instance: int, next_turn) -> tuple[float
         for token in [*env.codec.encode(next_turn(env.text_env)), env.codec.end_id]:
             _, reward, terminated, truncated, info = env.step(token)
             total, done = total + reward, terminated or truncated
-            if info:
+            if info["turn_end"]:
                 break
     return total, turns
 

@@ -7,25 +7,27 @@ real name, and an existing checkpoint is never overwritten. What is inside depen
 - SB3 (this module): ``model.zip`` (weights, optimizer, step counter, last observation), ``state.pt`` (each
   env's in-progress episode and RNG, the torch/numpy/python RNG states, the KL controller, the NLPO copy)
   and, for DQN/QR-DQN, ``replay_buffer.pkl``. Resuming reproduces the uninterrupted run exactly.
-- RLlib (:mod:`agents.runs.rllib_backend`): the Algorithm's own checkpoint (``Algorithm.save_to_path``).
+- RLlib (:mod:`agents.runs.rllib_backend`): the Algorithm's own checkpoint (``Algorithm.save_to_path``) and
+  ``sampling_state.pt`` (each env runner's random streams, envs and cut episodes: :mod:`agents.rllib.sampling_state`,
+  which RLlib's checkpoint leaves out). Resuming reproduces the uninterrupted run (synchronous PPO; APPO and
+  IMPALA sample asynchronously, so no two of their runs are alike).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.random_streams import random_streams, set_random_streams
 from agents.sb3.kl import KLPenaltyCallback
 
 
@@ -68,8 +70,7 @@ def _write_sb3_checkpoint(model: BaseAlgorithm, partial: Path, kl: KLPenaltyCall
     state = {
         "num_timesteps": model.num_timesteps,
         "envs": model.env.env_method("get_state"),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": random_streams(),
         "kl": None if kl is None else kl.state_dict(),
         "nlpo": None if nlpo is None else {"updates": nlpo.updates, "weights": nlpo.lm.state_dict()},
     }
@@ -101,12 +102,7 @@ def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "au
         nlpo.lm.load_state_dict(state["nlpo"]["weights"])
         nlpo.updates = state["nlpo"]["updates"]
     # Last: loading re-seeds the RNGs from the algorithm's seed.
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_random_streams(state["rng"])
     return model
 
 

@@ -10,17 +10,20 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
+import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
+from agents.rllib.sampling_state import sampling_state, set_sampling_state
 from agents.runs.checkpoints import CheckpointError, atomic_checkpoint
 from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from agents.runs.config import TrainConfig
 
 DEFAULT_ENV_RUNNERS = 2
+SAMPLING_STATE = "sampling_state.pt"  # in a checkpoint, beside algorithm/ (agents.rllib.sampling_state)
 CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers in milliseconds; a wrong address never does
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
                        "kl/penalty_per_episode")
@@ -64,6 +68,13 @@ class RLlibTrainer:
             register_text_gen_env()  # a fresh process: the checkpoint names the env, Ray must know its creator
             try:
                 self.algorithm = Algorithm.from_checkpoint(str((resume_from / "algorithm").resolve()))
+                saved = resume_from / SAMPLING_STATE
+                if saved.exists():
+                    set_sampling_state(self.algorithm, torch.load(saved, weights_only=False))
+                else:
+                    warnings.warn(f"{resume_from} has no {SAMPLING_STATE} (written before lm-gym saved it): the env "
+                                  "runners restart their random streams, so the run continues but does not "
+                                  "reproduce an uninterrupted one.", stacklevel=2)
             except Exception as error:  # RLlib raises many kinds: name the checkpoint and the way out
                 raise CheckpointError(f"cannot resume from {resume_from}: {type(error).__name__}: {error}. The "
                                       "checkpoint is corrupted or was made with another configuration; delete it "
@@ -129,6 +140,7 @@ class RLlibTrainer:
     def _checkpoint(self) -> None:
         with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
             self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
+            torch.save(sampling_state(self.algorithm), partial / SAMPLING_STATE)  # RLlib's checkpoint leaves it out
 
     def _log(self, result: dict[str, Any], seconds: float) -> None:
         """One line of ``RUN/metrics.jsonl`` per iteration (steps, time, episode return, losses, KL) and the same
