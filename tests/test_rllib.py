@@ -16,6 +16,7 @@ import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.postprocessing.episodes import add_one_ts_to_episodes_and_truncate
@@ -32,6 +33,7 @@ from agents.rllib.segments import BOOTSTRAP_STEP_ADDED
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.rllib_backend import RLlibTrainer, check_reachable, load_module
 from agents.runs.cli import main
+from agents.runs.watchdog import TrainingStalled
 from agents.runs.train import TrainConfig, train
 
 # Tests that start RLlib algorithms share one xdist worker and one local Ray (2 CPUs, as on the CI machine).
@@ -186,6 +188,13 @@ def test_rllib_ppo_raises_the_held_out_reward_and_exports_a_hugging_face_lm(ppo_
     # Measured over seeds 0-5: 0.00-0.02 -> 0.75-1.0 (optimum 1.0; PPO's partial optimum "was great ." is 0.5).
     assert before < 0.1 and after > before + 0.35, (before, after)
     assert summary["config"]["backend"] == "rllib" and ppo_run.name.startswith("rllib_ppo-")
+    # Where the pieces ran, recorded: the local Ray's one node, two env runner processes on it, the learner in
+    # the driver's process.
+    cluster = summary["cluster"]
+    (node,) = cluster["nodes"]
+    assert [r["worker_index"] for r in cluster["env_runners"]] == [1, 2] and cluster["cpus"] == node["cpus"] >= 2
+    assert all(r["node_id"] == node["node_id"] and not r.get("in_driver") for r in cluster["env_runners"])
+    assert [(learner["in_driver"], learner["device"]) for learner in cluster["learners"]] == [(True, "cpu")]
     assert (ppo_run / "algorithm").is_dir() and (ppo_run / "config.yaml").exists()
     metrics = [json.loads(line) for line in (ppo_run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["num_env_steps"] >= 6144 and {"policy_loss", "vf_loss", "entropy"} <= set(metrics[-1])
@@ -395,3 +404,29 @@ def test_an_unreachable_ray_address_fails_within_seconds():
     assert time.monotonic() - start < 10
     with pytest.raises(ValueError, match="ray_address='head-node': give auto .*HOST:PORT"):
         check_reachable("head-node")
+
+
+@RAY
+def test_an_rllib_run_whose_env_runner_hangs_checkpoints_and_resumes(local_ray, tmp_path, monkeypatch):
+    """The env runner is the driver's own (num_env_runners=0), so that a patch here reaches it."""
+    original, calls = SingleAgentEnvRunner.sample, []
+
+    def hangs_on_the_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(3600)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SingleAgentEnvRunner, "sample", hangs_on_the_third)
+    config = TrainConfig(backend="rllib", algo="ppo", reward="target_word", max_new_tokens=4, steps=1024, n_steps=32,
+                         num_env_runners=0, num_envs_per_env_runner=8, checkpoint_every=0, eval_samples=1,
+                         stall_timeout=3, out=str(tmp_path))
+    with pytest.raises(TrainingStalled) as stalled:
+        train(config)
+    (run,) = tmp_path.iterdir()
+    # Two iterations of 256 steps finished; the checkpoint holds their state (checkpoints were off otherwise).
+    assert stalled.value.step == 512 and stalled.value.checkpoint == run / "checkpoints" / "step-000000512"
+    assert "samples from the driver's own env runner" in str(stalled.value) and "CPUs free" in str(stalled.value)
+    monkeypatch.setattr(SingleAgentEnvRunner, "sample", original)
+    train(resume=run)
+    assert json.loads((run / "summary.json").read_text())["resumed_at"] == 512

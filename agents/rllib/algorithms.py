@@ -55,6 +55,14 @@ class RLlibAlgorithmSpec:
 
 
 DEFAULT_N_STEPS = 64  # env steps per env per rollout, as the SB3 backend's on-policy default
+# RLlib's sampling and restart settings, set here rather than left to RLlib's defaults (Ray 2.60's, except the
+# restart delay, 60 s there): a sample request waits at most 60 s for an env runner before the iteration goes on
+# with what the others returned; a runner that crashes or stops answering its health probe (30 s) is restarted
+# after 5 s, up to 1,000 times; one that hangs without dying is what lm-gym's stall watchdog catches
+# (agents.runs.watchdog).
+FAULT_TOLERANCE = dict(restart_failed_env_runners=True, max_num_env_runner_restarts=1000,
+                       delay_between_env_runner_restarts_s=5.0, env_runner_health_probe_timeout_s=30.0)
+SAMPLE_TIMEOUT_S = 60.0
 SHARED = dict(lr=1e-4, gamma=1.0, entropy_coeff=0.0, vf_loss_coeff=0.5)
 RLLIB_ALGORITHMS: dict[str, RLlibAlgorithmSpec] = {
     # KL to the previous policy (use_kl_loss) needs the logits of every stored step: off (see LMRLModule).
@@ -112,7 +120,9 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
     config = (spec.config_class()
               .environment(ENV_ID, env_config=env_config)
               .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner,
-                           rollout_fragment_length="auto" if name == "ppo" else n_steps)
+                           rollout_fragment_length="auto" if name == "ppo" else n_steps,
+                           sample_timeout_s=SAMPLE_TIMEOUT_S)
+              .fault_tolerance(**FAULT_TOLERANCE)
               .learners(num_learners=num_learners, num_gpus_per_learner=num_gpus_per_learner)
               .rl_module(rl_module_spec=RLModuleSpec(module_class=LMRLModule,
                                                      model_config={**(model_config or {}), "kl_coef": kl_coef}))

@@ -51,6 +51,7 @@ def set_runner_sampling_state(runner, states: dict[int, dict[str, Any]]) -> None
     if state["envs"] is not None:
         vector = runner.env.unwrapped
         for env, env_state in zip(vector.envs, state["envs"], strict=True):
+            env.reset()  # through Gymnasium's wrappers, which refuse a step before a reset; then the saved state
             env.unwrapped.set_state(env_state)
         vector._autoreset_envs = np.array(state["autoreset"])
     for name, value in state["runner"].items():
@@ -58,11 +59,16 @@ def set_runner_sampling_state(runner, states: dict[int, dict[str, Any]]) -> None
     set_random_streams(state["random"])  # last: nothing above may draw from them
 
 
-def sampling_state(algorithm: Algorithm) -> dict[str, Any]:
+def sampling_state(algorithm: Algorithm, timeout_s: float | None = None) -> dict[str, Any] | None:
     """The sampling state of every env runner of ``algorithm`` (local and remote) and the driver's random
-    streams (its learner draws from them), for :func:`set_sampling_state` after ``Algorithm.from_checkpoint``."""
-    runners = algorithm.env_runner_group.foreach_env_runner(runner_sampling_state, local_env_runner=True)
-    return {"driver": random_streams(), "env_runners": {state["worker_index"]: state for state in runners}}
+    streams (its learner draws from them), for :func:`set_sampling_state` after ``Algorithm.from_checkpoint``.
+    None when a remote env runner did not answer within ``timeout_s``: a part would not resume exactly either."""
+    group = algorithm.env_runner_group
+    runners = group.foreach_env_runner(runner_sampling_state, local_env_runner=True, timeout_seconds=timeout_s)
+    states = {state["worker_index"]: state for state in runners}
+    if len([index for index in states if index > 0]) < group.num_remote_env_runners():
+        return None
+    return {"driver": random_streams(), "env_runners": states}
 
 
 def set_sampling_state(algorithm: Algorithm, state: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
 from agents.runs.config import BACKENDS, TASKS, ConfigTypeError, TrainConfig, read_yaml
 from agents.runs.interrupts import RunSaveError, TrainingInterrupted
+from agents.runs.watchdog import TrainingStalled
 from agents.runs.train import train
 from lm_gym.suite import suite
 
@@ -47,6 +48,8 @@ HELP = {
     "lora": 'train LoRA adapters only: peft LoraConfig arguments as JSON, e.g. \'{"r": 8}\'',
     "device": "auto, cpu or cuda",
     "checkpoint_every": "env steps between checkpoints (0: none)",
+    "stall_timeout": "seconds without env steps before the run stops with a checkpoint and says what it waited for "
+                     "(default: max(120, 10x the longest wait so far), 600 before the first; 0: never)",
     "out": "parent directory of the new run directory",
 }
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
@@ -63,7 +66,7 @@ def parse_bool(text: str) -> bool:
 FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": float, "n_steps": int, "batch_size": int,
                "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
                "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int,
-               "recompute_log_probs": parse_bool}
+               "recompute_log_probs": parse_bool, "stall_timeout": float}
 CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS)}
 
 
@@ -161,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.debug:
             raise
         raise SystemExit(interrupted.exit_code) from None
+    except TrainingStalled as stalled:  # not the user's mistake (exit 2), but one line all the same
+        if args.debug:
+            raise
+        print(f"lm-gym {args.command}: {stalled}", file=sys.stderr)
+        raise SystemExit(1) from None
     except USER_ERRORS as error:
         if args.debug:
             raise

@@ -164,12 +164,15 @@ class TrainConfig:
     device: str = "auto"
     eval_samples: int = 8  # completions per held-out prompt, before and after
     checkpoint_every: int = 8192  # env steps between checkpoints; 0: none
+    # Seconds without env steps before the run stops with a checkpoint (None: max(120, 10 x the longest wait so
+    # far), 600 before there is one; 0: never). See agents.runs.watchdog.
+    stall_timeout: float | None = None
     log_samples: int = 4  # completions logged as text per rollout
     out: str = "runs"
     env_options: dict[str, Any] = field(default_factory=dict)  # any other TextGenEnv arguments
     # Backend: "sb3" (one process) or "rllib" (Ray RLlib: env runners, learners, clusters; lm-gym[rllib]).
     backend: str = "sb3"
-    num_env_runners: int | None = None  # rllib: env runner processes (default 2)
+    num_env_runners: int | None = None  # rllib: env runner processes (default 2; 0: the driver samples, PPO only)
     num_envs_per_env_runner: int | None = None  # rllib: envs per runner (default n_envs / num_env_runners)
     num_learners: int | None = None  # rllib: learner processes (default 0: the driver process learns)
     num_gpus_per_learner: float | None = None  # rllib (default 0)
@@ -270,13 +273,13 @@ class TrainConfig:
         import torch  # here, not at import: the CLI's --help stays fast
 
         positive = ("steps", "n_envs", "learning_rate", "n_steps", "batch_size", "n_epochs", "max_new_tokens",
-                    "kl_target", "num_env_runners", "num_envs_per_env_runner")
+                    "kl_target", "num_envs_per_env_runner")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value}: it must be positive (leave it unset for the default).")
         for name in ("kl_coef", "eval_samples", "checkpoint_every", "log_samples", "num_learners",
-                     "num_gpus_per_learner"):
+                     "num_gpus_per_learner", "stall_timeout", "num_env_runners"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name}={value}: it must be 0 or more.")

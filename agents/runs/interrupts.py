@@ -19,6 +19,7 @@ from types import FrameType
 from typing import NoReturn
 
 from agents.runs.checkpoints import checkpoint_name
+from agents.runs.watchdog import TrainingStalled, interrupt_main_thread
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -48,6 +49,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.deferring = False
+        self.stalled: TrainingStalled | None = None
         self._previous: dict[int, object] = {}
 
     def __call__(self) -> bool:
@@ -65,7 +67,14 @@ class StopRequest:
             signal.signal(signum, handler)
         self._previous.clear()
 
+    def stall(self, error: TrainingStalled) -> None:
+        """Raise ``error`` in the main thread (called by the stall watchdog's thread), out of whatever it waits in."""
+        self.stalled = error
+        interrupt_main_thread()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stalled is not None:
+            raise self.stalled
         if not self.deferring or self.signum is not None:
             raise TrainingInterrupted(signum)
         self.signum = signum

@@ -23,10 +23,12 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
+from agents.rllib.placement import cluster_placement, describe_placement
 from agents.rllib.sampling_state import sampling_state, set_sampling_state
-from agents.runs.checkpoints import CheckpointError, atomic_checkpoint
+from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_name
 from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
+from agents.runs.watchdog import StallWatchdog, TrainingStalled
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_ENV_RUNNERS = 2
 SAMPLING_STATE = "sampling_state.pt"  # in a checkpoint, beside algorithm/ (agents.rllib.sampling_state)
+STATE_TIMEOUT_S = 30.0  # env runners answer in milliseconds; a stalled one never does
 CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers in milliseconds; a wrong address never does
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
                        "kl/penalty_per_episode")
@@ -104,7 +107,9 @@ class RLlibTrainer:
         self.device = str(next(policy.parameters()).device)
         self.resumed = resume_from is not None
         self.writer = _tensorboard_writer(run_dir)
-        self.notes: list[str] = []
+        # Where the env runners and learners landed: printed at the start, recorded in summary.json.
+        self.cluster = cluster_placement(self.algorithm)
+        self.notes: list[str] = [describe_placement(self.cluster)]
         self._steps = int(self.algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
 
     @property
@@ -116,31 +121,68 @@ class RLlibTrainer:
     def num_timesteps(self) -> int:
         return self._steps
 
-    def learn(self, total_steps: int, observers: Sequence[Observer] = (), stop: StopRequest | None = None) -> None:
+    def learn(self, total_steps: int, observers: Sequence[Observer] = (), stop: StopRequest | None = None,
+              watchdog: StallWatchdog | None = None) -> None:
         """Run training iterations until ``total_steps`` env steps have been sampled; checkpoint on the way. Once
-        ``stop()`` is true, checkpoint after the iteration and raise :class:`TrainingInterrupted`."""
+        ``stop()`` is true, checkpoint after the iteration and raise :class:`TrainingInterrupted`. A stall (the
+        watchdog's :class:`TrainingStalled`, raised inside ``train()``) checkpoints the state of the last finished
+        iteration, which the stalled one has not changed, and re-raises naming it."""
         every = self.config.checkpoint_every if self.run_dir is not None else 0
         next_checkpoint = (self._steps // every + 1) * every if every else None
         start = time.perf_counter()
         while self._steps < total_steps:
             if stop is not None and stop():
                 stop_at(stop, self._steps, self.run_dir and self.run_dir / "checkpoints", self._checkpoint)
-            result = self.algorithm.train()
+            try:
+                result = self.algorithm.train()
+            except TrainingStalled as stalled:
+                raise stalled.with_checkpoint(self._stall_checkpoint()) from None
             runners = result.get("env_runners", {})
             self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))
             returns = [float(runners["episode_return_mean"])] if runners.get("num_episodes", 0) else []
             for observer in observers:
                 observer(self._steps, returns)
+            if watchdog is not None:
+                watchdog.beat(self._steps)
             if self.run_dir is not None:
                 self._log(result, time.perf_counter() - start)
             if next_checkpoint is not None and self._steps >= next_checkpoint:
                 self._checkpoint()
                 next_checkpoint = (self._steps // every + 1) * every
+                if watchdog is not None:  # writing it made no env steps, by design
+                    watchdog.resume()
 
     def _checkpoint(self) -> None:
         with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
             self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
-            torch.save(sampling_state(self.algorithm), partial / SAMPLING_STATE)  # RLlib's checkpoint leaves it out
+            # RLlib's checkpoint leaves it out. Env runners that do not answer (a stall) leave it out too: the
+            # resumed run then restarts their random streams (and says so).
+            state = sampling_state(self.algorithm, timeout_s=STATE_TIMEOUT_S)
+            if state is not None:
+                torch.save(state, partial / SAMPLING_STATE)
+
+    def _stall_checkpoint(self) -> Path | None:
+        """The checkpoint of the last finished iteration (written now unless the periodic one is it)."""
+        if self.run_dir is None:
+            return None
+        checkpoint = self.run_dir / "checkpoints" / checkpoint_name(self._steps)
+        if not checkpoint.exists():
+            self._checkpoint()
+        return checkpoint
+
+    def waiting_for(self) -> str:
+        """For the stall watchdog: the env runners' health, the nodes Ray lost, the resources held."""
+        group = self.algorithm.env_runner_group
+        remote = group.num_remote_env_runners()
+        parts = [f"samples from {remote} env runner{'s' * (remote != 1)} ({group.num_healthy_remote_env_runners()} "
+                 f"healthy, the rest restarting)" if remote else "samples from the driver's own env runner"]
+        dead = [node["NodeManagerAddress"] for node in ray.nodes() if not node["Alive"]]
+        if dead:
+            parts.append(f"nodes lost: {', '.join(dead)}")
+        total, free = ray.cluster_resources(), ray.available_resources()
+        parts.append(f"CPUs free {free.get('CPU', 0):g} of {total.get('CPU', 0):g}, GPUs free {free.get('GPU', 0):g} "
+                     f"of {total.get('GPU', 0):g}")
+        return "; ".join(parts)
 
     def _log(self, result: dict[str, Any], seconds: float) -> None:
         """One line of ``RUN/metrics.jsonl`` per iteration (steps, time, episode return, losses, KL) and the same

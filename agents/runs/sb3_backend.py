@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +15,7 @@ from stable_baselines3.common.logger import Logger
 from agents.runs.checkpoints import ResumableCheckpointCallback, load_checkpoint, save_checkpoint
 from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
+from agents.runs.watchdog import StallWatchdog
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.sb3.group_advantages import GroupAdvantageCallback
 from agents.sb3.kl import KLPenaltyCallback
@@ -72,7 +76,7 @@ class SB3Trainer:
         return self.algorithm.num_timesteps
 
     def learn(self, total_steps: int, observers: Sequence[Observer] = (), callbacks: Sequence[BaseCallback] = (),
-              stop: StopRequest | None = None) -> None:
+              stop: StopRequest | None = None, watchdog: StallWatchdog | None = None) -> None:
         """Train until ``total_steps`` env steps; ``callbacks`` are extra SB3 callbacks. Once ``stop()`` is true,
         write a checkpoint at the next rollout boundary and raise
         :class:`agents.runs.interrupts.TrainingInterrupted`."""
@@ -89,11 +93,21 @@ class SB3Trainer:
             own.append(ResumableCheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl))
         if stop is not None:  # after the periodic checkpoint, which it reuses when both fall on one step
             own.append(StopCallback(stop, self.run_dir and self.run_dir / "checkpoints", self.kl))
+        if watchdog is not None:  # last: its clock restarts after the checkpoint written at a rollout's start
+            own.append(WatchdogCallback(watchdog))
         self.algorithm.learn(total_timesteps=total_steps - self.num_timesteps, callback=[*own, *callbacks],
                              reset_num_timesteps=not self.resumed, tb_log_name="train")
 
     def save(self, run_dir: Path) -> None:
         self.algorithm.save(run_dir / "model.zip")
+
+    def waiting_for(self) -> str:
+        """For the stall watchdog: the env step that has not returned, and where the main thread is in it."""
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        where = traceback.extract_stack(frame)[-1] if frame is not None else None
+        at = f", in {where.name} ({where.filename}:{where.lineno})" if where is not None else ""
+        return (f"an env step that never returned (the envs' step(): a reward, a text env, a tool){at}; "
+                "each of the n_envs envs steps in this process")
 
     def close(self) -> None:
         self.vec_env.close()
@@ -112,6 +126,24 @@ class ObserverCallback(BaseCallback):
         for observer in self.observers:
             observer(self.num_timesteps, returns)
         return True
+
+
+class WatchdogCallback(BaseCallback):
+    """Feeds the stall watchdog every env step; pauses it during the update, which makes none by design."""
+
+    def __init__(self, watchdog: StallWatchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def _on_rollout_start(self) -> None:
+        self.watchdog.resume()
+
+    def _on_step(self) -> bool:
+        self.watchdog.beat(self.num_timesteps)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.watchdog.pause()
 
 
 class StopCallback(BaseCallback):

@@ -26,6 +26,7 @@ from agents.runs.model_card import write_model_card
 from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
 from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, Task, TrainConfig, read_yaml, resolve_algorithm, task_of
 from agents.runs.progress import episodes_bar, progress_bar
+from agents.runs.watchdog import StallWatchdog, TrainingStalled
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
 from lm_gym.env import TextGenEnv
@@ -119,8 +120,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
         try:
             start = time.perf_counter()
             stop.deferring = True
-            with progress_bar(console, config.steps, trainer.num_timesteps) as observe:
-                trainer.learn(config.steps, [observe], stop=stop,
+            with StallWatchdog(config.stall_timeout, trainer.waiting_for, stop.stall, trainer.num_timesteps) as watchdog, \
+                    progress_bar(console, config.steps, trainer.num_timesteps) as observe:
+                trainer.learn(config.steps, [observe], stop=stop, watchdog=watchdog,
                               **({"callbacks": callbacks} if callbacks else {}))
             stop.deferring = False
             train_seconds = time.perf_counter() - start
@@ -128,6 +130,10 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
             after = evaluate()
         except TrainingInterrupted as interrupted:
             console.print(_interrupted_message(interrupted, run_dir))
+            raise
+        except TrainingStalled as stalled:  # SB3 stalls mid-rollout: the last periodic checkpoint is the way back
+            if stalled.checkpoint is None and checkpoint_dirs(run_dir):
+                raise stalled.with_checkpoint(checkpoint_dirs(run_dir)[-1]) from None
             raise
         except OSError as error:
             if error.errno in DISK_FULL:
@@ -141,6 +147,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
                # The held-out optimum, on reward_mean's scale (None: the task has no known optimum).
                "optimum": task.optimum if task else None, "metric": task.metric if task else None,
                "samples_before": before.samples, "samples_after": after.samples}
+    if getattr(trainer, "cluster", None) is not None:  # RLlib: the Ray cluster and where each piece ran
+        summary["cluster"] = trainer.cluster
     try:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         write_model_card(run_dir, config, summary)

@@ -1,0 +1,65 @@
+"""The stall watchdog: a run whose env steps stop coming ends with a message naming what it waited for and the
+checkpoint to resume from, on both backends, instead of hanging."""
+
+import re
+import time
+
+import pytest
+
+from agents.runs.checkpoints import checkpoint_dirs
+from agents.runs.cli import main
+from agents.runs.watchdog import FIRST_LIMIT_S, MIN_LIMIT_S, StallWatchdog
+from lm_gym.rewards import REWARDS, FunctionReward
+
+
+def test_the_limit_follows_the_longest_wait_and_a_pause_is_not_a_stall():
+    stalls = []
+    watchdog = StallWatchdog(None, lambda: "nothing", stalls.append)
+    assert watchdog.limit_s == FIRST_LIMIT_S  # nothing to go by yet
+    watchdog.last -= 3.0
+    watchdog.beat(8)
+    assert watchdog.limit_s == MIN_LIMIT_S  # 10 x 3 s is under the floor
+    watchdog.last -= 20.0
+    watchdog.beat(16)
+    assert watchdog.limit_s == pytest.approx(200.0, rel=0.01)
+    watchdog.beat(16)  # no new steps: no progress
+    assert watchdog.longest_wait == pytest.approx(20.0, rel=0.01)
+    with StallWatchdog(0.3, lambda: "a test", stalls.append, poll_s=0.05) as paused:
+        paused.pause()
+        time.sleep(0.6)
+        assert not stalls
+        paused.resume()
+        time.sleep(0.6)
+    (stall,) = stalls
+    assert "no env steps for" in str(stall) and "Waiting for: a test" in str(stall) and stall.step == 0
+    with pytest.raises(ValueError, match="stall_timeout=-1"):
+        StallWatchdog(-1, str, stalls.append)
+
+
+def hangs_after(calls: int):
+    """A reward that answers ``calls`` times, then never again (a remote scorer that stopped responding)."""
+    count = [0]
+
+    def reward(prompt: str, completion: str) -> float:
+        count[0] += 1
+        if count[0] > calls:
+            time.sleep(3600)
+        return 0.0
+
+    return reward
+
+
+def test_an_sb3_run_whose_env_step_hangs_stops_with_the_watchdogs_message(tmp_path, monkeypatch, capsys):
+    # 160 episodes of 4 tokens on 8 envs: step 640, in the second rollout of 512 steps.
+    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(hangs_after(160)))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--reward", "hangs", "--max-new-tokens", "4", "--steps", "4096", "--n-steps", "64",
+              "--checkpoint-every", "512", "--eval-samples", "0", "--stall-timeout", "3", "--out", str(tmp_path)])
+    assert exit_.value.code == 1 and time.monotonic() - start < 120
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    (run,) = tmp_path.iterdir()
+    checkpoint = checkpoint_dirs(run)[-1]
+    assert re.match(r"lm-gym train: training stalled at step \d+: no env steps for \d+ s \(limit 3 s", message)
+    assert "an env step that never returned" in message and "in reward (" in message  # where it hangs
+    assert f"the last checkpoint is {checkpoint} (continue with: lm-gym train --resume {run})" in message
