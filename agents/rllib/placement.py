@@ -46,6 +46,8 @@ def cluster_placement(algorithm: Algorithm) -> dict[str, Any]:
 def describe_placement(placement: dict[str, Any]) -> str:
     """Two lines for the console: the cluster, then where the env runners and learners run."""
     address = {node["node_id"]: node["address"] for node in placement["nodes"]}
+    if len(set(address.values())) < len(address):  # nodes sharing an address (one machine): tell them apart
+        address = {node_id: f"{host} (node {node_id[:8]})" for node_id, host in address.items()}
 
     def on(pieces: list[dict[str, Any]]) -> str:
         by_node: dict[str, int] = {}

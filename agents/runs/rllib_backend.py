@@ -28,6 +28,7 @@ from agents.rllib.sampling_state import sampling_state, set_sampling_state
 from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_name
 from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
+from agents.runs.ray_auth import AUTH_ADVICE
 from agents.runs.watchdog import StallWatchdog, TrainingStalled
 from lm_gym.env import TextGenEnv
 from lm_gym.prompts import Prompt
@@ -254,7 +255,10 @@ def start_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     if address is not None:
         check_reachable(address)
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"ray_address={address!r}: {error}. {AUTH_ADVICE}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     return True

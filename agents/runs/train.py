@@ -26,6 +26,7 @@ from agents.runs.model_card import write_model_card
 from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
 from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, Task, TrainConfig, read_yaml, resolve_algorithm, task_of
 from agents.runs.progress import episodes_bar, progress_bar
+from agents.runs.ray_auth import use_token_auth_if_given
 from agents.runs.watchdog import StallWatchdog, TrainingStalled
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
@@ -75,6 +76,8 @@ def make_trainer(config: TrainConfig, eval_env: TextGenEnv | MultiTurnEnv, train
     """The backend's trainer: :class:`agents.runs.sb3_backend.SB3Trainer` or
     :class:`agents.runs.rllib_backend.RLlibTrainer` (imported only then: it needs lm-gym[rllib])."""
     if config.backend == "rllib":
+        if config.ray_address is not None:
+            use_token_auth_if_given()  # before Ray is imported, which reads the mode once
         try:
             from agents.runs.rllib_backend import RLlibTrainer
         except ImportError as error:
