@@ -55,10 +55,12 @@ class MultiTurnVecEnv(TokenVecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         tokens = self._check_actions(self.actions)
         ended = [i for i, (env, token) in enumerate(zip(self.envs, tokens)) if env.add_agent_token(int(token))]
+        ending = set(ended)
         append_token(self.input_ids, self.attention_mask, tokens)  # right for every row whose turn goes on
         rewards = np.zeros(self.num_envs, dtype=np.float32)
         dones = np.zeros(self.num_envs, dtype=bool)
-        infos = [env.step_info() for env in self.envs]  # the mid-turn ones; turn ends replace theirs below
+        # Mid-turn envs' infos now; the envs whose turn ended get theirs from finish_turn below.
+        infos: list[dict[str, Any]] = [{} if i in ending else env.step_info() for i, env in enumerate(self.envs)]
         turns = {i: self.envs[i].end_turn() for i in ended}  # each text env plays its turn
         going_on = [i for i in ended if not self.envs[i].episode_over(turns[i])]
         reply_ids = dict(zip(going_on, self.env.codec.replies([turns[i].reply for i in going_on])))  # one call

@@ -30,10 +30,11 @@ def cluster_placement(algorithm: Algorithm) -> dict[str, Any]:
     nodes = [{"node_id": node["NodeID"], "address": node["NodeManagerAddress"],
               "cpus": node["Resources"].get("CPU", 0.0), "gpus": node["Resources"].get("GPU", 0.0)}
              for node in ray.nodes() if node["Alive"]]
-    runners = algorithm.env_runner_group.foreach_env_runner(
-        lambda runner: {"worker_index": runner.worker_index, **_where()}, local_env_runner=False,
-        timeout_seconds=PLACEMENT_TIMEOUT_S)
-    if algorithm.env_runner_group.num_remote_env_runners() == 0:
+    if algorithm.env_runner_group.num_remote_env_runners():
+        runners = algorithm.env_runner_group.foreach_env_runner(
+            lambda runner: {"worker_index": runner.worker_index, **_where()}, local_env_runner=False,
+            timeout_seconds=PLACEMENT_TIMEOUT_S)
+    else:
         runners = [{"worker_index": 0, **_where(), "in_driver": True}]
     learners = algorithm.learner_group
     results = learners.foreach_learner(lambda learner: {**_where(), "device": str(learner._device)},

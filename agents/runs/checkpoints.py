@@ -20,7 +20,7 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,6 +54,15 @@ def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
     partial.mkdir(parents=True)
     yield partial
     os.replace(partial, final)  # atomic: the checkpoint appears whole or not at all
+
+
+def checkpoint_at(directory: Path, step: int, save: Callable[[], object]) -> Path:
+    """The checkpoint of ``step`` in ``directory``: the periodic one when it is there, else the one ``save()``
+    writes now (a stop or a stall between periodic checkpoints)."""
+    checkpoint = Path(directory) / checkpoint_name(step)
+    if not checkpoint.exists():
+        save()
+    return checkpoint
 
 
 def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:

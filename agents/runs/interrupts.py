@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from agents.runs.checkpoints import checkpoint_name
+from agents.runs.checkpoints import checkpoint_at
 from agents.runs.watchdog import TrainingStalled, interrupt_main_thread
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -86,9 +86,4 @@ class StopRequest:
 def stop_at(stop: StopRequest, step: int, directory: Path | None, save: Callable[[], object]) -> NoReturn:
     """Honour ``stop`` at a boundary where a checkpoint resumes exactly: ``save()`` the checkpoint of ``step`` into
     ``directory`` unless the periodic one already is that (None: write none), then raise TrainingInterrupted."""
-    checkpoint = None
-    if directory is not None:
-        checkpoint = Path(directory) / checkpoint_name(step)
-        if not checkpoint.exists():
-            save()
-    raise TrainingInterrupted(stop.signum, step, checkpoint)
+    raise TrainingInterrupted(stop.signum, step, None if directory is None else checkpoint_at(directory, step, save))

@@ -25,7 +25,7 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LI
 from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rllib_config, trained_module
 from agents.rllib.placement import cluster_placement, describe_placement
 from agents.rllib.sampling_state import sampling_state, set_sampling_state
-from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_name
+from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_at
 from agents.runs.interrupts import StopRequest, stop_at
 from agents.runs.progress import Observer
 from agents.runs.ray_auth import AUTH_ADVICE
@@ -136,8 +136,9 @@ class RLlibTrainer:
                 stop_at(stop, self._steps, self.run_dir and self.run_dir / "checkpoints", self._checkpoint)
             try:
                 result = self.algorithm.train()
-            except TrainingStalled as stalled:
-                raise stalled.with_checkpoint(self._stall_checkpoint()) from None
+            except TrainingStalled as stalled:  # the stalled iteration changed nothing: checkpoint the last one
+                raise stalled.with_checkpoint(self.run_dir and checkpoint_at(
+                    self.run_dir / "checkpoints", self._steps, self._checkpoint)) from None
             runners = result.get("env_runners", {})
             self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))
             returns = [float(runners["episode_return_mean"])] if runners.get("num_episodes", 0) else []
@@ -161,15 +162,6 @@ class RLlibTrainer:
             state = sampling_state(self.algorithm, timeout_s=STATE_TIMEOUT_S)
             if state is not None:
                 torch.save(state, partial / SAMPLING_STATE)
-
-    def _stall_checkpoint(self) -> Path | None:
-        """The checkpoint of the last finished iteration (written now unless the periodic one is it)."""
-        if self.run_dir is None:
-            return None
-        checkpoint = self.run_dir / "checkpoints" / checkpoint_name(self._steps)
-        if not checkpoint.exists():
-            self._checkpoint()
-        return checkpoint
 
     def waiting_for(self) -> str:
         """For the stall watchdog: the env runners' health, the nodes Ray lost, the resources held."""

@@ -135,8 +135,9 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
             console.print(_interrupted_message(interrupted, run_dir))
             raise
         except TrainingStalled as stalled:  # SB3 stalls mid-rollout: the last periodic checkpoint is the way back
-            if stalled.checkpoint is None and checkpoint_dirs(run_dir):
-                raise stalled.with_checkpoint(checkpoint_dirs(run_dir)[-1]) from None
+            saved = checkpoint_dirs(run_dir)
+            if stalled.checkpoint is None and saved:
+                raise stalled.with_checkpoint(saved[-1]) from None
             raise
         except OSError as error:
             if error.errno in DISK_FULL:
