@@ -2,12 +2,14 @@
 checkpoint to resume from, on both backends, instead of hanging."""
 
 import re
+import threading
 import time
 
 import pytest
 
 from agents.runs.checkpoints import checkpoint_dirs
 from agents.runs.cli import main
+from agents.runs.train import TrainConfig, train
 from agents.runs.watchdog import FIRST_LIMIT_S, MIN_LIMIT_S, StallWatchdog
 from lm_gym.rewards import REWARDS, FunctionReward
 
@@ -63,3 +65,29 @@ def test_an_sb3_run_whose_env_step_hangs_stops_with_the_watchdogs_message(tmp_pa
     assert re.match(r"lm-gym train: training stalled at step \d+: no env steps for \d+ s \(limit 3 s", message)
     assert "an env step that never returned" in message and "in reward (" in message  # where it hangs
     assert f"the last checkpoint is {checkpoint} (continue with: lm-gym train --resume {run})" in message
+
+
+def test_a_run_off_the_main_thread_reports_a_stall_without_interrupting_the_main_thread(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """Signals reach the main thread only: there a stall would be a bare KeyboardInterrupt in unrelated code."""
+    monkeypatch.setitem(REWARDS, "slow_once", lambda: FunctionReward(pauses_once(after=64, seconds=5)))
+    config = TrainConfig(reward="slow_once", max_new_tokens=4, steps=1024, n_steps=64, eval_samples=0,
+                         checkpoint_every=0, stall_timeout=2, out=str(tmp_path))
+    worker = threading.Thread(target=train, args=(config,))
+    worker.start()
+    worker.join(timeout=300)  # a KeyboardInterrupt here would fail the test
+    assert not worker.is_alive() and (next(tmp_path.iterdir()) / "summary.json").exists()  # the run went on
+    assert "training stalled at step" in capsys.readouterr().err
+
+
+def pauses_once(after: int, seconds: float):
+    """A reward that, once, takes ``seconds`` to answer (a scorer that recovers)."""
+    count = [0]
+
+    def reward(prompt: str, completion: str) -> float:
+        count[0] += 1
+        if count[0] == after:
+            time.sleep(seconds)
+        return 0.0
+
+    return reward

@@ -68,9 +68,16 @@ class StopRequest:
         self._previous.clear()
 
     def stall(self, error: TrainingStalled) -> None:
-        """Raise ``error`` in the main thread (called by the stall watchdog's thread), out of whatever it waits in."""
+        """Raise ``error`` in the main thread (called by the stall watchdog's thread), out of whatever it waits in.
+        A run trained outside the main thread has no handler there to turn the signal into ``error`` (the main
+        thread would get a bare KeyboardInterrupt in whatever it does): it is told on stderr instead."""
         self.stalled = error
-        interrupt_main_thread()
+        if self._previous:
+            interrupt_main_thread()
+        else:
+            sys.stderr.write(f"\nlm-gym: {error} (this run trains outside the main thread, so it cannot be stopped "
+                             "from here: stop its thread or process.)\n")
+            sys.stderr.flush()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.stalled is not None:
