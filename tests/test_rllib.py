@@ -430,3 +430,14 @@ def test_an_rllib_run_whose_env_runner_hangs_checkpoints_and_resumes(local_ray, 
     monkeypatch.setattr(SingleAgentEnvRunner, "sample", original)
     train(resume=run)
     assert json.loads((run / "summary.json").read_text())["resumed_at"] == 512
+
+
+@RAY
+def test_a_linear_lr_schedule_decays_the_learners_rate_to_zero(local_ray, tmp_path):
+    run = train(TrainConfig(backend="rllib", algo="ppo", reward="target_word", max_new_tokens=4, steps=1024,
+                            n_steps=32, num_env_runners=0, num_envs_per_env_runner=8, learning_rate=1e-3,
+                            lr_schedule="linear", checkpoint_every=0, eval_samples=1, out=str(tmp_path)))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # RLlib's piecewise schedule over env steps, read back from the learner: 1e-3 at 0, 0 at the run's 1,024.
+    assert [line["num_env_steps"] for line in lines] == [256, 512, 768, 1024]
+    assert [line["learning_rate"] for line in lines] == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])

@@ -76,6 +76,24 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
 
 
+def test_a_linear_lr_schedule_decays_to_zero_over_the_run_and_resumes_where_it_was(tmp_path):
+    config = dict(SMALL, learning_rate=1e-3, lr_schedule="linear")
+    uninterrupted = train(TrainConfig(**config, out=str(tmp_path / "a")))
+    model = PPO.load(uninterrupted / "model.zip", device="cpu")
+    assert model.lr_schedule(1.0) == 1e-3 and model.lr_schedule(0.5) == pytest.approx(5e-4)
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0  # the last update's (SB3: progress 0 there)
+    assert TrainConfig.from_yaml(uninterrupted / "config.yaml").lr_schedule == "linear"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "b")), callbacks=[Crash(at=300)])
+    (interrupted,) = (tmp_path / "b").iterdir()
+    # Resumed from step 256, the schedule goes on from there: a rate restarted at 1e-3 would end elsewhere.
+    expected, actual = policy_weights(uninterrupted), policy_weights(train(resume=interrupted))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="lr_schedule='cosine': choose one of"):
+        TrainConfig(lr_schedule="cosine").validate()
+
+
 class SendSignal(BaseCallback):
     def __init__(self, signum: int, at: int):
         super().__init__()

@@ -1,16 +1,21 @@
 """The stall watchdog: a run whose env steps stop coming ends with a message naming what it waited for and the
 checkpoint to resume from, on both backends, instead of hanging."""
 
+import copy
+import pickle
 import re
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from agents.runs.checkpoints import checkpoint_dirs
 from agents.runs.cli import main
+from agents.runs.interrupts import TrainingInterrupted, raised_by_signal
 from agents.runs.train import TrainConfig, train
-from agents.runs.watchdog import FIRST_LIMIT_S, MIN_LIMIT_S, StallWatchdog
+from agents.runs.watchdog import FIRST_LIMIT_S, MIN_LIMIT_S, StallWatchdog, TrainingStalled
 from lm_gym.rewards import REWARDS, FunctionReward
 
 
@@ -36,6 +41,23 @@ def test_the_limit_follows_the_longest_wait_and_a_pause_is_not_a_stall():
     assert "no env steps for" in str(stall) and "Waiting for: a test" in str(stall) and stall.step == 0
     with pytest.raises(ValueError, match="stall_timeout=-1"):
         StallWatchdog(-1, str, stalls.append)
+
+
+def test_a_stop_survives_the_copies_and_wrapping_ray_puts_it_through():
+    """Raised by a signal handler inside ``ray.wait`` it comes back as a SystemError caused by it, which Ray's
+    ``Trainable.train`` copies; both stops must copy (and pickle) whole and be found in the chain."""
+    stall = TrainingStalled(512, 4.0, 3.0, "samples from 2 env runners", Path("run/checkpoints/step-000000512"))
+    interrupted = TrainingInterrupted(signal.SIGINT, 512, Path("run/checkpoints/step-000000512"))
+    for stop in (stall, interrupted):
+        for twin in (copy.copy(stop), pickle.loads(pickle.dumps(stop))):
+            assert type(twin) is type(stop) and str(twin) == str(stop) and twin.checkpoint == stop.checkpoint
+        try:
+            try:
+                raise stop
+            except BaseException as cause:
+                raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from cause
+        except SystemError as wrapped:
+            assert raised_by_signal(wrapped) is stop and raised_by_signal(ValueError("x")) is None
 
 
 def hangs_after(calls: int):
@@ -91,3 +113,15 @@ def pauses_once(after: int, seconds: float):
         return 0.0
 
     return reward
+
+
+def test_a_comparison_whose_run_hangs_stops_with_the_watchdogs_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(hangs_after(160)))
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--algos", "ppo", "--seeds", "1", "--reward", "hangs", "--max-new-tokens", "4", "--steps",
+              "4096", "--n-steps", "64", "--eval-samples", "1", "--stall-timeout", "3", "--out", str(tmp_path)])
+    assert exit_.value.code == 1 and time.monotonic() - start < 120
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"lm-gym compare: training stalled at step \d+: no env steps for \d+ s \(limit 3 s", message)
+    assert "an env step that never returned" in message and "in reward (" in message

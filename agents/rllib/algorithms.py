@@ -77,18 +77,20 @@ RLLIB_ALGORITHMS: dict[str, RLlibAlgorithmSpec] = {
 
 def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, Any] | None = None, *,
                  n_steps: int | None = None, batch_size: int | None = None, n_epochs: int | None = None,
-                 learning_rate: float | None = None, num_env_runners: int = 2, num_envs_per_env_runner: int = 4,
+                 learning_rate: float | None = None, lr_decay_steps: int | None = None,
+                 num_env_runners: int = 2, num_envs_per_env_runner: int = 4,
                  num_learners: int = 0, num_gpus_per_learner: float = 0, seed: int | None = None,
                  kl_coef: float = 0.0, kl_target: float | None = None, kl_horizon: float = KL_HORIZON,
                  kl_estimator: str = "k1", recompute_log_probs: bool | None = None) -> AlgorithmConfig:
     """RLlib algorithm ``name`` on TextGen-v0 (``env_config``: TextGenEnv arguments) with :class:`LMRLModule`
     (``model_config``: its arguments), sampling ``num_env_runners x num_envs_per_env_runner`` envs.
 
-    ``kl_coef`` / ``kl_target`` turn on KL shaping (fixed, or adaptive toward ``kl_target`` nats per
-    episode). ``recompute_log_probs`` (PPO only; ``None``: on under ``autocast_dtype``) recomputes the sampled
-    tokens' log-probs on the learner (:class:`agents.rllib.log_probs.RecomputeLogProbs`). ``None`` keeps an
-    algorithm's default. Check resources with :func:`check_resources` before
-    building.
+    ``lr_decay_steps``: the learning rate decays linearly to 0 over that many env steps (RLlib's piecewise
+    schedule, ``lr=[[0, rate], [steps, 0]]``). ``kl_coef`` / ``kl_target`` turn on KL shaping (fixed, or
+    adaptive toward ``kl_target`` nats per episode). ``recompute_log_probs`` (PPO only; ``None``: on under
+    ``autocast_dtype``) recomputes the sampled tokens' log-probs on the learner
+    (:class:`agents.rllib.log_probs.RecomputeLogProbs`). ``None`` keeps an algorithm's default. Check resources
+    with :func:`check_resources` before building.
     """
     if name not in RLLIB_ALGORITHMS:
         raise ValueError(f"algo={name!r} is not an RLlib algorithm of lm-gym; choose one of {sorted(RLLIB_ALGORITHMS)}.")
@@ -100,6 +102,8 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
     training = dict(spec.training, train_batch_size_per_learner=n_steps * envs // max(1, num_learners))
     if learning_rate is not None:
         training["lr"] = learning_rate
+    if lr_decay_steps is not None:
+        training["lr"] = [[0, training["lr"]], [lr_decay_steps, 0.0]]
     if name == "ppo":
         training.update({k: v for k, v in (("minibatch_size", batch_size), ("num_epochs", n_epochs)) if v is not None})
     elif batch_size is not None or n_epochs is not None:

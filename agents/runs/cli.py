@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 from agents.runs.checkpoints import CheckpointError
 from agents.runs.compare import compare
 from agents.runs.evaluate import evaluate_run
-from agents.runs.config import BACKENDS, TASKS, ConfigTypeError, TrainConfig, read_yaml
+from agents.runs.config import BACKENDS, LR_SCHEDULES, TASKS, ConfigTypeError, TrainConfig, read_yaml
 from agents.runs.interrupts import RunSaveError, TrainingInterrupted
 from agents.runs.watchdog import TrainingStalled
 from agents.runs.train import train
@@ -43,6 +43,8 @@ HELP = {
     "kl_coef": "KL-to-initial-LM coefficient, the initial value when --kl-target is set (default: the task's, else "
                "0.05)",
     "kl_target": "adaptive KL: target KL per episode in nats",
+    "lr_schedule": "constant, or linear: the learning rate decays linearly to 0 over the run (default: the task's, "
+                   "else constant)",
     "recompute_log_probs": "true/false: recompute the rollout's log-probs with the update's forward before each "
                            "update (default: on under bfloat16 dtype/autocast_dtype, where the two paths differ)",
     "lora": 'train LoRA adapters only: peft LoraConfig arguments as JSON, e.g. \'{"r": 8}\'',
@@ -67,7 +69,8 @@ FIELD_TYPES = {"eval_fraction": float, "kl_target": float, "learning_rate": floa
                "n_epochs": int, "num_env_runners": int, "num_envs_per_env_runner": int, "num_learners": int,
                "num_gpus_per_learner": float, "reward": str, "max_new_tokens": int, "group_size": int,
                "recompute_log_probs": parse_bool, "stall_timeout": float}
-CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS)}
+CHOICES = {"algo": sorted({name for names in BACKENDS.values() for name in names}), "backend": list(BACKENDS),
+           "lr_schedule": list(LR_SCHEDULES)}
 
 
 def add_train_parser(commands) -> None:
@@ -134,6 +137,9 @@ def add_compare_parser(commands) -> None:
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--stall-timeout", type=float, default=None,
+                        help="seconds without env steps before a stalled run ends the comparison, saying what it "
+                             "waited for (default: max(120, 10x the longest wait so far), 600 before the first; 0: never)")
     parser.add_argument("--out", default="runs")
     for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address"):
         parser.add_argument("--" + name.replace("_", "-"), type=FIELD_TYPES.get(name, str), default=None, help=HELP[name])
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> None:
         envs = [task.env_id for task in suite()] if args.suite else args.env or ["TextGen-v0"]
         options = {name: getattr(args, name) for name in (
             "model", "reward", "reward_kwargs", "max_new_tokens", "steps", "n_envs", "kl_coef", "learning_rate",
-            "n_steps", "device",
+            "n_steps", "device", "stall_timeout",
             "eval_samples", "out", "num_env_runners", "num_envs_per_env_runner", "ray_address")}
         compare([a.strip() for a in args.algos.split(",") if a.strip()], args.seeds, envs, every=args.every,
                 budget_scale=args.budget_scale, env_options=args.env_kwargs, **options)

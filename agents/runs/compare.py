@@ -24,15 +24,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.runs.interrupts import StopRequest
 from agents.runs.progress import LearningCurve, Observer
 from agents.runs.samples import sample_episodes, summarize
 from agents.runs.train import RLLIB_ONLY, TrainConfig, make_eval_env, make_trainer, new_run_dir, resolve_algorithm
+from agents.runs.watchdog import StallWatchdog
 from lm_gym.suite import SuiteTask, suite_task
 
 
 def run_one(config: TrainConfig, every: int, report: Observer | None = None, initial: bool = False) -> dict:
     """Train one (algorithm, seed) on either backend and evaluate it on held-out prompts (``initial``: also
-    before training)."""
+    before training). A run whose env steps stop for ``config.stall_timeout`` ends the comparison with
+    :class:`agents.runs.watchdog.TrainingStalled`, as ``lm-gym train`` does (a comparison writes no checkpoints)."""
     eval_env, train_prompts, held_out = make_eval_env(config)
     trainer = make_trainer(config, eval_env, train_prompts, run_dir=None)
 
@@ -45,7 +48,9 @@ def run_one(config: TrainConfig, every: int, report: Observer | None = None, ini
         result = {"initial": evaluate()} if initial else {}
         curve = LearningCurve(every)
         start = time.perf_counter()
-        trainer.learn(config.steps, [curve] if report is None else [curve, report])
+        with StopRequest() as stop, StallWatchdog(config.stall_timeout, trainer.waiting_for, stop.stall,
+                                                  trainer.num_timesteps) as watchdog:
+            trainer.learn(config.steps, [curve] if report is None else [curve, report], watchdog=watchdog)
         seconds = time.perf_counter() - start
         final = evaluate()
     finally:

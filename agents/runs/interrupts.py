@@ -37,6 +37,22 @@ class TrainingInterrupted(Exception):
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
+    def __reduce__(self):  # copy and pickle by the fields (Ray's Trainable.train copies what passes through it)
+        return TrainingInterrupted, (self.signum, self.step, self.checkpoint)
+
+
+def raised_by_signal(error: BaseException) -> TrainingInterrupted | TrainingStalled | None:
+    """The stop (a signal's :class:`TrainingInterrupted`, the watchdog's :class:`TrainingStalled`) that ``error``
+    wraps, if any. Raised from a signal handler inside a C extension's wait (``ray.wait``), it comes back as a
+    ``SystemError`` caused by it, which RLlib's ``Algorithm.train`` wraps once more."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (TrainingInterrupted, TrainingStalled)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
 
 class RunSaveError(OSError):
     """Writing a run's files failed (a full disk, a lost mount...); the message names what is still intact."""

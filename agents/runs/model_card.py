@@ -12,8 +12,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from agents.runs.config import ALGORITHM_HYPERPARAMETERS, TrainConfig
 from lm_gym.models import ASSETS_DIR
 
-HYPERPARAMETERS = ("steps", "n_envs", *ALGORITHM_HYPERPARAMETERS, "group_size", "kl_coef", "kl_target", "lora",
-                   "dtype", "seed")
+HYPERPARAMETERS = ("steps", "n_envs", *ALGORITHM_HYPERPARAMETERS, "lr_schedule", "group_size", "kl_coef", "kl_target",
+                   "lora", "dtype", "seed")
 
 
 def base_model(config: TrainConfig) -> tuple[str | None, str]:

@@ -26,7 +26,7 @@ from agents.rllib import LMRLModule, check_resources, register_text_gen_env, rll
 from agents.rllib.placement import cluster_placement, describe_placement
 from agents.rllib.sampling_state import sampling_state, set_sampling_state
 from agents.runs.checkpoints import CheckpointError, atomic_checkpoint, checkpoint_at
-from agents.runs.interrupts import StopRequest, stop_at
+from agents.runs.interrupts import StopRequest, raised_by_signal, stop_at
 from agents.runs.progress import Observer
 from agents.runs.ray_auth import AUTH_ADVICE
 from agents.runs.watchdog import StallWatchdog, TrainingStalled
@@ -42,10 +42,12 @@ STATE_TIMEOUT_S = 30.0  # env runners answer in milliseconds; a stalled one neve
 CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers in milliseconds; a wrong address never does
 LOGGED_LEARNER_KEYS = ("policy_loss", "vf_loss", "entropy", "kl/per_token", "kl/per_episode", "kl/coef",
                        "kl/penalty_per_episode")
+LEARNING_RATE_KEY = "default_optimizer_learning_rate"  # RLlib's name: the optimizer's, then "_learning_rate"
 # metrics.jsonl's keys -> the tags SB3's logger gives the same quantities (entropy: SB3 logs the loss, -entropy).
 SB3_TAGS = {"episode_return_mean": "rollout/ep_rew_mean", "policy_loss": "train/policy_gradient_loss",
             "vf_loss": "train/value_loss", "entropy": "train/entropy", "kl/per_token": "kl/per_token",
-            "kl/per_episode": "kl/per_episode", "kl/coef": "kl/coef", "kl/penalty_per_episode": "kl/penalty_per_episode"}
+            "kl/per_episode": "kl/per_episode", "kl/coef": "kl/coef", "kl/penalty_per_episode": "kl/penalty_per_episode",
+            "learning_rate": "train/learning_rate"}
 MODULE_IN_CHECKPOINT = Path("learner_group", "learner", "rl_module", DEFAULT_MODULE_ID)
 
 
@@ -76,9 +78,9 @@ class RLlibTrainer:
                 if saved.exists():
                     set_sampling_state(self.algorithm, torch.load(saved, weights_only=False))
                 else:
-                    warnings.warn(f"{resume_from} has no {SAMPLING_STATE} (written before lm-gym saved it): the env "
-                                  "runners restart their random streams, so the run continues but does not "
-                                  "reproduce an uninterrupted one.", stacklevel=2)
+                    warnings.warn(f"{resume_from} has no {SAMPLING_STATE} (an older lm-gym wrote it, or a stall "
+                                  "whose env runners did not answer): the env runners restart their random streams, "
+                                  "so the run continues but does not reproduce an uninterrupted one.", stacklevel=2)
             except Exception as error:  # RLlib raises many kinds: name the checkpoint and the way out
                 raise CheckpointError(f"cannot resume from {resume_from}: {type(error).__name__}: {error}. The "
                                       "checkpoint is corrupted or was made with another configuration; delete it "
@@ -93,7 +95,8 @@ class RLlibTrainer:
                                               ("autocast_dtype", config.autocast_dtype)) if v is not None}
             algorithm_config = rllib_config(
                 config.algo, env_config, model_config, seed=config.seed, kl_coef=config.kl_coef,
-                kl_target=config.kl_target, recompute_log_probs=config.recompute_log_probs, **runners,
+                kl_target=config.kl_target, recompute_log_probs=config.recompute_log_probs,
+                lr_decay_steps=config.steps if config.lr_schedule == "linear" else None, **runners,
                 **{k: v for k, v in config.algorithm_kwargs().items() if k != "policy_kwargs"})
             try:
                 self.algorithm = algorithm_config.build_algo()
@@ -112,6 +115,7 @@ class RLlibTrainer:
         self.cluster = cluster_placement(self.algorithm)
         self.notes: list[str] = [describe_placement(self.cluster)]
         self._steps = int(self.algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+        self._stalled = False  # set by learn() on a stall: close() then does not wait on hung env runners
 
     @property
     def policy(self) -> RLModule:
@@ -136,9 +140,15 @@ class RLlibTrainer:
                 stop_at(stop, self._steps, self.run_dir and self.run_dir / "checkpoints", self._checkpoint)
             try:
                 result = self.algorithm.train()
-            except TrainingStalled as stalled:  # the stalled iteration changed nothing: checkpoint the last one
-                raise stalled.with_checkpoint(self.run_dir and checkpoint_at(
-                    self.run_dir / "checkpoints", self._steps, self._checkpoint)) from None
+            except BaseException as error:
+                stopped = raised_by_signal(error)
+                if stopped is None:
+                    raise
+                if isinstance(stopped, TrainingStalled):  # the stalled iteration changed nothing: save the last one
+                    self._stalled = True
+                    raise stopped.with_checkpoint(self.run_dir and checkpoint_at(
+                        self.run_dir / "checkpoints", self._steps, self._checkpoint)) from None
+                raise stopped from None  # a second Ctrl-C: at once, as promised
             runners = result.get("env_runners", {})
             self._steps = int(runners.get("num_env_steps_sampled_lifetime", self._steps))
             returns = [float(runners["episode_return_mean"])] if runners.get("num_episodes", 0) else []
@@ -178,14 +188,15 @@ class RLlibTrainer:
         return "; ".join(parts)
 
     def _log(self, result: dict[str, Any], seconds: float) -> None:
-        """One line of ``RUN/metrics.jsonl`` per iteration (steps, time, episode return, losses, KL) and the same
-        values in TensorBoard under SB3's tag names (``rollout/ep_rew_mean``, ``train/value_loss``, ``kl/*``), so
-        runs of both backends overlay in one ``tensorboard --logdir``."""
+        """One line of ``RUN/metrics.jsonl`` per iteration (steps, time, episode return, losses, KL, learning
+        rate) and the same values in TensorBoard under SB3's tag names (``rollout/ep_rew_mean``,
+        ``train/value_loss``, ``kl/*``), so runs of both backends overlay in one ``tensorboard --logdir``."""
         runners = result.get("env_runners", {})
         learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
         line = {"num_env_steps": self._steps, "seconds": round(seconds, 3),
                 "episode_return_mean": runners.get("episode_return_mean"),
-                **{key: learner[key] for key in LOGGED_LEARNER_KEYS if key in learner}}
+                **{key: learner[key] for key in LOGGED_LEARNER_KEYS if key in learner},
+                "learning_rate": learner.get(LEARNING_RATE_KEY)}
         line = {k: (float(v) if v is not None else None) for k, v in line.items()}
         with open(self.run_dir / "metrics.jsonl", "a") as out:
             out.write(json.dumps(line) + "\n")
@@ -199,6 +210,8 @@ class RLlibTrainer:
         self.algorithm.save_to_path(str((run_dir / "algorithm").resolve()))
 
     def close(self) -> None:
+        if self._stalled:  # RLlib's stop() asks every env runner to stop and waits: a hung one never answers
+            self.algorithm.env_runner_group.reset([])  # kills the remote env runners (ray.kill) instead
         self.algorithm.stop()
         # Outside Tune, Ray's Trainable still makes ~/ray_results/<date><random>/ for each Algorithm, and leaves it
         # empty: remove it (only if empty: never anything a user wrote there).

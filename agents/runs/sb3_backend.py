@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import LinearSchedule
 
 from agents.runs.checkpoints import ResumableCheckpointCallback, load_checkpoint, save_checkpoint
 from agents.runs.interrupts import StopRequest, stop_at
@@ -55,9 +56,11 @@ class SB3Trainer:
             self.algorithm = load_checkpoint(resume_from, spec.cls, self.vec_env, device=config.device, kl=self.kl)
         else:
             tensorboard = _tensorboard_dir(run_dir) if run_dir is not None else None
+            kwargs = config.algorithm_kwargs()
+            if config.lr_schedule == "linear":  # SB3 calls it with the progress remaining, 1 -> 0 over the run
+                kwargs["learning_rate"] = LinearSchedule(kwargs["learning_rate"] or spec.learning_rate, 0.0, 1.0)
             self.algorithm = make_algorithm(config.algo, self.vec_env, model=config.lm, seed=config.seed,
-                                            device=config.device, tensorboard_log=tensorboard,
-                                            **config.algorithm_kwargs())
+                                            device=config.device, tensorboard_log=tensorboard, **kwargs)
         if self.algorithm.tensorboard_log is None:
             # SB3's default logger would make an empty tempdir/SB3-<time> folder at every learn().
             self.algorithm.set_logger(Logger(folder=None, output_formats=[]))

@@ -44,6 +44,9 @@ class TrainingStalled(BaseException):
     def with_checkpoint(self, checkpoint: Path | None) -> TrainingStalled:
         return TrainingStalled(self.step, self.waited_s, self.limit_s, self.what, checkpoint)
 
+    def __reduce__(self):  # copy and pickle by the fields (Ray's Trainable.train copies what passes through it)
+        return TrainingStalled, (self.step, self.waited_s, self.limit_s, self.what, self.checkpoint)
+
 
 class StallWatchdog:
     """Stops the run (in its main thread) when :meth:`beat` has not been called with a new step count for the
