@@ -91,23 +91,31 @@ def rllib_rate(shape: str, algo: str, runners: int, warmup: int, steps: int, lea
         algorithm.stop()
 
 
+def start_ray(node_cpus: list[int] | None) -> Cluster | None:
+    """One local Ray (``None``), or a local cluster: a head with no CPUs and a node of each of ``node_cpus``. Both
+    hold 2 CPUs, as every configuration of the --nodes table does."""
+    if node_cpus is None:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        return None
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for cpus in node_cpus:
+        cluster.add_node(num_cpus=cpus)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+    return cluster
+
+
 def node_rates(shape: str, warmup: int, steps: int) -> None:
-    """The --nodes table: each configuration on a fresh local cluster."""
-    print(f"# RLlib PPO, 2 env runners x 4 envs, learner in the driver, on a local Ray cluster (head: 0 CPUs); "
-          f"{shape}, target_word, up to 16 new tokens (EOS on), {steps} timed steps after {warmup}; {machine()}, "
-          f"{os.cpu_count()} CPUs shared by every node")
+    """The --nodes table: each configuration on a fresh local Ray or cluster."""
+    print(f"# RLlib PPO, 2 env runners x 4 envs, learner in the driver, on one local Ray, then on local Ray clusters "
+          f"(head: 0 CPUs); {shape}, target_word, up to 16 new tokens (EOS on), {steps} timed steps after {warmup}; "
+          f"{machine()}, {os.cpu_count()} CPUs shared by every node")
     base = None
     for label, node_cpus in NODE_CONFIGS:
-        cluster = None if node_cpus is None else Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        for cpus in node_cpus or []:
-            cluster.add_node(num_cpus=cpus)
-        if cluster is None:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            cluster.wait_for_nodes()
-            ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+        cluster = start_ray(node_cpus)
         try:
-            rate = rllib_rate(shape, "ppo", 2, warmup, steps, 0, 0.0, 0.0, expect_runner_nodes=len(node_cpus or [0]))
+            rate = rllib_rate(shape, "ppo", 2, warmup, steps, 0, 0.0, 0.0,
+                              expect_runner_nodes=len(node_cpus) if node_cpus else 1)
         finally:
             ray.shutdown()
             if cluster is not None:

@@ -60,14 +60,15 @@ def test_a_stop_survives_the_copies_and_wrapping_ray_puts_it_through():
             assert raised_by_signal(wrapped) is stop and raised_by_signal(ValueError("x")) is None
 
 
-def hangs_after(calls: int):
-    """A reward that answers ``calls`` times, then never again (a remote scorer that stopped responding)."""
+def slow_on_call(call: int, seconds: float):
+    """A reward that answers at once, except on call number ``call``, which takes ``seconds`` (3600: a remote scorer
+    that stopped responding; a few: one that recovers)."""
     count = [0]
 
     def reward(prompt: str, completion: str) -> float:
         count[0] += 1
-        if count[0] > calls:
-            time.sleep(3600)
+        if count[0] == call:
+            time.sleep(seconds)
         return 0.0
 
     return reward
@@ -75,7 +76,7 @@ def hangs_after(calls: int):
 
 def test_an_sb3_run_whose_env_step_hangs_stops_with_the_watchdogs_message(tmp_path, monkeypatch, capsys):
     # 160 episodes of 4 tokens on 8 envs: step 640, in the second rollout of 512 steps.
-    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(hangs_after(160)))
+    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(slow_on_call(161, seconds=3600)))
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--reward", "hangs", "--max-new-tokens", "4", "--steps", "4096", "--n-steps", "64",
@@ -92,7 +93,7 @@ def test_an_sb3_run_whose_env_step_hangs_stops_with_the_watchdogs_message(tmp_pa
 def test_a_run_off_the_main_thread_reports_a_stall_without_interrupting_the_main_thread(tmp_path, monkeypatch,
                                                                                            capsys):
     """Signals reach the main thread only: there a stall would be a bare KeyboardInterrupt in unrelated code."""
-    monkeypatch.setitem(REWARDS, "slow_once", lambda: FunctionReward(pauses_once(after=64, seconds=5)))
+    monkeypatch.setitem(REWARDS, "slow_once", lambda: FunctionReward(slow_on_call(64, seconds=5)))
     config = TrainConfig(reward="slow_once", max_new_tokens=4, steps=1024, n_steps=64, eval_samples=0,
                          checkpoint_every=0, stall_timeout=2, out=str(tmp_path))
     worker = threading.Thread(target=train, args=(config,))
@@ -102,21 +103,8 @@ def test_a_run_off_the_main_thread_reports_a_stall_without_interrupting_the_main
     assert "training stalled at step" in capsys.readouterr().err
 
 
-def pauses_once(after: int, seconds: float):
-    """A reward that, once, takes ``seconds`` to answer (a scorer that recovers)."""
-    count = [0]
-
-    def reward(prompt: str, completion: str) -> float:
-        count[0] += 1
-        if count[0] == after:
-            time.sleep(seconds)
-        return 0.0
-
-    return reward
-
-
 def test_a_comparison_whose_run_hangs_stops_with_the_watchdogs_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(hangs_after(160)))
+    monkeypatch.setitem(REWARDS, "hangs", lambda: FunctionReward(slow_on_call(161, seconds=3600)))
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         main(["compare", "--algos", "ppo", "--seeds", "1", "--reward", "hangs", "--max-new-tokens", "4", "--steps",

@@ -18,6 +18,7 @@ from agents.runs.watchdog import TrainingStalled
 from agents.runs.train import train
 from lm_gym.suite import suite
 
+STALL_TIMEOUT_DEFAULT = "(default: max(120, 10x the longest wait so far), 600 before the first; 0: never)"
 HELP = {
     "algo": "; ".join(f"{backend}: {', '.join(names)}" for backend, names in BACKENDS.items()),
     "backend": "sb3 (one process) or rllib (Ray RLlib: env runners, learners, clusters; pip install 'lm-gym[rllib]')",
@@ -51,7 +52,7 @@ HELP = {
     "device": "auto, cpu or cuda",
     "checkpoint_every": "env steps between checkpoints (0: none)",
     "stall_timeout": "seconds without env steps before the run stops with a checkpoint and says what it waited for "
-                     "(default: max(120, 10x the longest wait so far), 600 before the first; 0: never)",
+                     + STALL_TIMEOUT_DEFAULT,
     "out": "parent directory of the new run directory",
 }
 JSON_FIELDS = {"reward_kwargs", "lora", "env_options"}
@@ -139,7 +140,7 @@ def add_compare_parser(commands) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--stall-timeout", type=float, default=None,
                         help="seconds without env steps before a stalled run ends the comparison, saying what it "
-                             "waited for (default: max(120, 10x the longest wait so far), 600 before the first; 0: never)")
+                             "waited for " + STALL_TIMEOUT_DEFAULT)
     parser.add_argument("--out", default="runs")
     for name in ("num_env_runners", "num_envs_per_env_runner", "ray_address"):
         parser.add_argument("--" + name.replace("_", "-"), type=FIELD_TYPES.get(name, str), default=None, help=HELP[name])

@@ -58,7 +58,7 @@ class SB3Trainer:
             tensorboard = _tensorboard_dir(run_dir) if run_dir is not None else None
             kwargs = config.algorithm_kwargs()
             if config.lr_schedule == "linear":  # SB3 calls it with the progress remaining, 1 -> 0 over the run
-                kwargs["learning_rate"] = LinearSchedule(kwargs["learning_rate"] or spec.learning_rate, 0.0, 1.0)
+                kwargs["learning_rate"] = LinearSchedule(kwargs["learning_rate"], 0.0, 1.0)  # resolved by config
             self.algorithm = make_algorithm(config.algo, self.vec_env, model=config.lm, seed=config.seed,
                                             device=config.device, tensorboard_log=tensorboard, **kwargs)
         if self.algorithm.tensorboard_log is None:
