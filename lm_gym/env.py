@@ -268,7 +268,11 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         if not (options and "prompt" in options):
             index = int(rng.integers(len(self.prompts)))
             return self.prompts[index], self.prompt_ids[index]
-        prompt = Prompt(options["prompt"], tuple(options.get("references", ())))
+        text = options["prompt"]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"options['prompt']={text!r}: give a non-empty string (the LM needs at least one token "
+                             "to continue), or leave 'prompt' out to draw one of the env's prompts.")
+        prompt = Prompt(text, tuple(options.get("references", ())))
         prompt_ids = self._encode_prompt(prompt.text)
         if self.truncate_prompts:
             prompt, prompt_ids = self._truncate(prompt, prompt_ids, self.max_prompt_tokens)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import operator
 import random
 from collections.abc import Callable, Sequence
@@ -104,8 +106,11 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
     ## Episode End
 
     ``terminated`` when the text env says so (a game won or lost); ``truncated`` when the text env truncates,
-    after ``max_turns`` turns, or when the window cannot hold the next reply plus a whole agent turn: a reply
-    that does not fit is not appended, and the episode ends there (SB3 bootstraps from the last observation).
+    after ``max_turns`` turns, or when the window cannot hold the next reply plus a whole agent turn. A truncated
+    episode's last observation holds the last reply and the next generation prompt, as a mid-episode one would
+    (SB3 bootstraps the value from it, so it is a state the critic trains on); where the reply plus a whole turn
+    does not fit (the window is full), it ends at the agent's end token instead, a state the critic never sees
+    mid-episode, so that bootstrap is less reliable: give long conversations a larger ``max_tokens``.
     The history is never cut: ``max_tokens`` bounds the whole conversation (the first message pinned by
     construction), and a first message longer than ``max_tokens - max_turn_tokens`` is refused at reset.
 
@@ -140,7 +145,10 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
     ## Version History
 
     * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 every step's ``info`` has the same keys (mid-turn steps
-      returned ``{}``, and only turn ends and the last step carried their keys).
+      returned ``{}``, and only turn ends and the last step carried their keys). Since lm-gym 0.5 a truncated
+      episode's last observation holds the last reply (where it fits), a text env's first message or reply that
+      breaks GEM's contract is refused with a message, and the text env's global random streams are seeded from
+      each episode's text-env seed (copies no longer replay one stream).
     """
 
     metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
@@ -220,6 +228,11 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
             text_seed = int(self.np_random.integers(HELD_OUT_SEEDS))
         text, text_info = self._call_text_env("reset", seed=int(text_seed))
         ids = self.codec.first(text)
+        if not ids:
+            raise ValueError(f"the first message of text env {self.text_env_name} (seed {text_seed}), {text!r}, "
+                             f"encodes to no tokens with first_template={self.codec.first_template!r}: the agent needs "
+                             "at least one token to continue; have the text env say something, or put text around "
+                             "{observation} in first_template.")
         if len(ids) + self.max_turn_tokens + 1 > self.window:
             raise ValueError(f"the first message of text env {self.text_env_name} (seed {text_seed}) is {len(ids)} "
                              f"tokens; with an agent turn of max_turn_tokens={self.max_turn_tokens} it does not fit "
@@ -239,7 +252,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         if not self.add_agent_token(self.check_action(action)):
             return self._observation(), 0.0, False, False, self.step_info()
         turn = self.end_turn()
-        return self.finish_turn(turn, self.codec.replies([turn.reply])[0] if not self.episode_over(turn) else [])
+        return self.finish_turn(turn, self.codec.replies([turn.reply])[0] if self.wants_reply(turn) else [])
 
     def render(self) -> str | np.ndarray | None:
         if self._first_text is None:
@@ -278,20 +291,28 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         agent_text = self.codec.decode(agent_ids)
         self._turn_ids = []
         reply, reward, terminated, truncated, info = self._call_text_env("step", agent_text)
-        return Turn(agent_text, str(reply), float(reward), bool(terminated), bool(truncated), dict(info or {}))
+        return Turn(agent_text, reply, reward, terminated, truncated, info)
 
     def episode_over(self, turn: Turn) -> bool:
         """Whether the episode ends with this turn (before the window is looked at): no reply needs encoding."""
         return turn.terminated or turn.truncated or (self.max_turns is not None
                                                      and len(self._transcript) + 1 >= self.max_turns)
 
+    def wants_reply(self, turn: Turn) -> bool:
+        """Whether the reply to this turn goes into the observation: always, unless the text env ended the episode
+        (terminated). A truncated episode's last observation is where SB3 bootstraps the value from, so it gets the
+        reply and the next generation prompt too: a state that also occurs mid-episode, which the critic learns."""
+        return not turn.terminated
+
     def finish_turn(self, turn: Turn, reply_ids: list[int]):
-        """Append the encoded reply (when the episode goes on and it fits) and build the step's return."""
+        """Append the encoded reply (see :meth:`wants_reply`; when it fits) and build the step's return."""
         over = self.episode_over(turn)
         agent_text, reply, reward, terminated = turn.agent_text, turn.reply, turn.reward, turn.terminated
         self._transcript.append((agent_text, reply))
-        window_full = not over and len(self._ids) + len(reply_ids) + self.max_turn_tokens + 1 > self.window
-        if not over and not window_full:
+        # The reply fits when a whole agent turn still fits after it, as every mid-episode state allows.
+        fits = len(self._ids) + len(reply_ids) + self.max_turn_tokens + 1 <= self.window
+        window_full = not over and not fits
+        if self.wants_reply(turn) and fits:
             self._ids.extend(reply_ids)
         truncated = (turn.truncated or over or window_full) and not terminated
         self._done, self._terminated = terminated or truncated, terminated
@@ -354,20 +375,62 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def _call_text_env(self, method: str, *args, **kwargs):
-        """Call the text env inside its own global random streams (Python's and numpy's legacy one): GEM reseeds
-        both at every reset, which would otherwise reseed the trainer's (SB3 shuffles minibatches with numpy's)."""
+        """Call the text env inside its own global random streams (Python's and numpy's legacy one), and check what it
+        returns against GEM's contract.
+
+        The streams are the text env's alone: GEM reseeds both at every reset, which would otherwise reseed the
+        trainer's (SB3 shuffles minibatches with numpy's). At every reset they are seeded from the episode's text-env
+        seed, as GEM's own envs seed themselves, so a text env that draws from ``random`` without seeding itself still
+        plays a different instance in each env of a vector env, the same one for the same seed, and the same one in
+        every episode of a group (which shares a seed)."""
         trainer_streams = random.getstate(), np.random.get_state()
-        if self._text_env_streams is not None:
+        if method == "reset":
+            random.seed(kwargs["seed"])
+            np.random.seed(kwargs["seed"] % 2**32)
+        elif self._text_env_streams is not None:
             random.setstate(self._text_env_streams[0])
             np.random.set_state(self._text_env_streams[1])
+        where = f"reset(seed={kwargs.get('seed')})" if method == "reset" else \
+            f"step() at turn {len(self._transcript) + 1} on agent text {args[0]!r}"
         try:
-            return getattr(self.text_env, method)(*args, **kwargs)
+            result = getattr(self.text_env, method)(*args, **kwargs)
         except Exception as error:
-            where = "reset" if method == "reset" else f"turn {len(self._transcript) + 1} on agent text {args[0]!r}"
-            raise RuntimeError(f"text env {self.text_env_name} raised in {method}() at {where}: "
-                               f"{type(error).__name__}: {error}") from error
+            raise RuntimeError(f"text env {self.text_env_name} raised in {where}: {type(error).__name__}: {error}"
+                               ) from error
         finally:
             self._text_env_streams = random.getstate(), np.random.get_state()
             random.setstate(trainer_streams[0])
             np.random.set_state(trainer_streams[1])
+        return check_text_env_result(method, result, f"text env {self.text_env_name}: {where}")
+
+
+CONTRACT = {"reset": "reset(seed) -> (observation: str, info: dict)",
+            "step": "step(text) -> (observation: str, reward: float, terminated: bool, truncated: bool, info: dict)"}
+
+
+def check_text_env_result(method: str, result: Any, where: str) -> tuple:
+    """``result`` of a text env's ``reset`` or ``step`` as GEM's contract has it (:data:`CONTRACT`), with plain
+    Python types (a ``None`` info becomes ``{}``), or a ValueError that says where, what came back and the contract."""
+    def breach(what: str) -> ValueError:
+        return ValueError(f"{where} returned {what}; a text env's contract (GEM's) is {CONTRACT[method]}.")
+
+    size = 2 if method == "reset" else 5
+    if not isinstance(result, tuple) or len(result) != size:
+        shown = f"{len(result)} values {result!r}" if isinstance(result, tuple) else \
+            f"a {type(result).__name__} {result!r}"
+        raise breach(shown[:200])
+    text, info = result[0], result[-1]
+    if not isinstance(text, str):
+        raise breach(f"an observation of type {type(text).__name__} ({text!r:.80})")
+    if info is not None and not isinstance(info, dict):
+        raise breach(f"an info of type {type(info).__name__} ({info!r:.80})")
+    if method == "reset":
+        return text, dict(info or {})
+    _, reward, terminated, truncated, _ = result
+    if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
+        raise breach(f"the reward {reward!r} (a {type(reward).__name__}); rewards must be finite numbers")
+    for name, flag in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise breach(f"{name}={flag!r} (a {type(flag).__name__}), not a bool")
+    return text, float(reward), bool(terminated), bool(truncated), dict(info or {})
 

@@ -62,8 +62,8 @@ class MultiTurnVecEnv(TokenVecEnv):
         # Mid-turn envs' infos now; the envs whose turn ended get theirs from finish_turn below.
         infos: list[dict[str, Any]] = [{} if i in ending else env.step_info() for i, env in enumerate(self.envs)]
         turns = {i: self.envs[i].end_turn() for i in ended}  # each text env plays its turn
-        going_on = [i for i in ended if not self.envs[i].episode_over(turns[i])]
-        reply_ids = dict(zip(going_on, self.env.codec.replies([turns[i].reply for i in going_on])))  # one call
+        replied = [i for i in ended if self.envs[i].wants_reply(turns[i])]
+        reply_ids = dict(zip(replied, self.env.codec.replies([turns[i].reply for i in replied])))  # one call
         for i in ended:
             obs, rewards[i], terminated, truncated, infos[i] = self.envs[i].finish_turn(turns[i], reply_ids.get(i, []))
             self._write(i, obs)

@@ -188,6 +188,17 @@ def test_step_after_the_episode_ended_or_before_reset():
         env.step(5)
 
 
+@pytest.mark.parametrize("prompt", ["", "   ", None])
+def test_an_empty_prompt_in_reset_options_is_refused_in_one_line(prompt):
+    env = lm_gym.TextGenEnv(max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"options\['prompt'\]=.*: give a non-empty string"):
+        env.reset(options={"prompt": prompt})
+    venv = lm_gym.TextGenVecEnv(2, max_new_tokens=4)
+    venv.set_options({"prompt": prompt})
+    with pytest.raises(ValueError, match=r"options\['prompt'\]"):
+        venv.reset()
+
+
 def test_prompt_longer_than_the_window_is_refused():
     with pytest.raises(ValueError, match="max_prompt_tokens=2"):
         make_env(max_prompt_tokens=2)

@@ -131,6 +131,54 @@ def test_rollout_advantages_are_the_estimators_on_complete_groups_plus_the_kl_to
     assert 0 < group.used_fraction < 1
 
 
+class Silent:
+    """A text env that pays 0 and never ends: every episode ends by MultiTurnEnv's max_turns, truncated."""
+
+    def reset(self, seed=None):
+        return "say something", {}
+
+    def step(self, action):
+        return "go on", 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("kl_coef", [None, 0.1])
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce"])
+def test_truncated_episodes_advantages_hold_no_critic_bootstrap(estimator, kl_coef):
+    """SB3 adds gamma * V(terminal obs) to a truncated episode's last reward; with the value head's bias at 10 that
+    reached every token as "KL penalty to go" (advantages 12.3 instead of 0). Now: exactly 0 without KL, and with
+    KL the KL callback's per-token penalty to go alone."""
+    group_size = 1 if estimator == "reinforce" else 2
+    venv = lm_gym.make_vec_env(4, seed=0, group_size=group_size, text_env=Silent, max_tokens=64, max_turn_tokens=4,
+                               max_turns=2)
+    model = make_algorithm(estimator, venv, seed=0, device="cpu", n_steps=24, batch_size=96, learning_rate=0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.policy.value_head.bias.fill_(10.0)
+        if kl_coef is not None:  # the reference is the LM as loaded: move the policy away from it
+            model.policy.lm.lm_head.weight.add_(0.3 * torch.randn_like(model.policy.lm.lm_head.weight))
+    group, snapshot = GroupAdvantageCallback(estimator), Snapshot()
+    model.learn(96, callback=[group, snapshot] if kl_coef is None else [KLPenaltyCallback(kl_coef), group, snapshot])
+
+    buffer = model.rollout_buffer
+    episodes = complete_episodes(buffer.episode_starts.astype(bool), group.ends)
+    assert episodes and group.used_fraction > 0.5
+    bootstrap = snapshot.rewards[group.ends] + (0 if kl_coef is None else buffer.kl_penalties[group.ends])
+    assert bootstrap.min() > 9  # SB3 did bootstrap every truncated episode from V ~ 10 ...
+    if kl_coef is None:
+        np.testing.assert_array_equal(snapshot.advantages, 0.0)  # ... and none of it is an advantage
+        return
+    ids = np.array([group.groups[steps[-1], env] for env, steps in episodes])
+    if estimator == "reinforce":
+        ids = np.arange(len(episodes))
+    keep, weights = edge_weights(episodes, ids, group_size, 24)
+    expected = np.zeros_like(snapshot.advantages)
+    for (env, steps), k, weight in zip(episodes, keep, weights):
+        if k:
+            expected[steps, env] = -weight * np.cumsum(buffer.kl_penalties[steps, env][::-1])[::-1]
+    assert np.abs(expected).max() > 1e-3  # a real KL
+    np.testing.assert_allclose(snapshot.advantages, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_critic_free_methods_leave_the_value_head_untrained():
     venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **TOY)
     model = make_algorithm("rloo", venv, seed=0, device="cpu", n_steps=16, learning_rate=1e-3)

@@ -126,6 +126,95 @@ def test_max_turns_and_a_full_window_truncate_the_episode():
         say_word_env(max_tokens=8).reset(seed=0)
 
 
+def test_a_truncated_episode_ends_in_a_state_the_critic_sees_mid_episode():
+    """At max_turns the last reply and the next generation prompt are appended, as after any other turn, so SB3's
+    bootstrap V(terminal observation) reads a state that also occurs mid-episode; a terminated episode ends at the
+    agent's end token (no bootstrap)."""
+    eos = lm_gym.load_tokenizer().eos_token_id
+    truncating, full = say_word_env(max_turns=2), say_word_env()
+    for env in (truncating, full):
+        env.reset(seed=0)
+    for token in (5, eos, 6, eos):
+        obs, _, terminated, truncated, info = truncating.step(token)
+        mid = full.step(token)[0]
+    assert truncated and not terminated and not info["window_full"]
+    np.testing.assert_array_equal(obs["input_ids"], mid["input_ids"])  # the same row as the third turn's start
+    assert truncating.tokenizer.decode(real(obs)).endswith("turn 2 done\n")
+    venv = lm_gym.make_vec_env(2, seed=0, text_env=SayWord, max_tokens=48, max_turn_tokens=4, max_turns=2).unwrapped
+    venv.reset()
+    for token in (5, eos, 6, eos):
+        _, _, dones, infos = venv.step(np.array([token, token]))
+    assert dones.all() and all(real(i["terminal_observation"]) == real(obs) for i in infos)  # the vector env too
+    won = MultiTurnEnv(functools.partial(SayWord, turns=1), max_tokens=48, max_turn_tokens=4)
+    won.reset(seed=0)
+    won.step(5)
+    obs, _, terminated, _, _ = won.step(eos)
+    assert terminated and real(obs)[-1] == eos
+
+
+class Unseeded(SayWord):
+    """A text env (a simulated user) that draws its first message from Python's global random stream and never
+    seeds it itself."""
+
+    def reset(self, seed=None):
+        import random
+
+        super().reset(seed)
+        return str(random.randrange(10**6)), {}
+
+
+def test_copies_of_a_self_unseeded_text_env_draw_different_streams_reproducibly():
+    def first_messages(seed):
+        venv = lm_gym.make_vec_env(4, seed=seed, text_env=Unseeded, max_tokens=48, max_turn_tokens=4).unwrapped
+        venv.reset()
+        return [info["prompt"] for info in venv.reset_infos]
+
+    messages = first_messages(0)
+    assert len(set(messages)) == 4, messages  # on main: ['885440'] x 4
+    assert first_messages(0) == messages and first_messages(1) != messages
+    grouped = lm_gym.make_vec_env(4, seed=0, group_size=2, text_env=Unseeded, max_tokens=48, max_turn_tokens=4)
+    grouped.reset()
+    prompts = [info["prompt"] for info in grouped.unwrapped.reset_infos]
+    assert prompts[0] == prompts[1] and prompts[2] == prompts[3] and prompts[0] != prompts[2]  # a group: one instance
+
+
+class Breach(SayWord):
+    """A text env that breaks GEM's contract in one way, chosen by ``how``."""
+
+    how = ""
+
+    def reset(self, seed=None):
+        observation, info = super().reset(seed)
+        return observation if self.how == "bare reset" else (("" if self.how == "empty" else observation), info)
+
+    def step(self, text):
+        reply, reward, terminated, truncated, info = super().step(text)
+        return {"four values": (reply, reward, terminated, info), "int reply": (7, reward, terminated, truncated, info),
+                "nan reward": (reply, float("nan"), terminated, truncated, info),
+                "text reward": (reply, "1", terminated, truncated, info)}.get(
+            self.how, (reply, reward, terminated, truncated, info))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("bare reset", r"reset\(seed=\d+\) returned a str 'say something nice'; .*reset\(seed\) -> \(observation: str"),
+    ("four values", r"step\(\) at turn 1 on agent text .* returned 4 values .*; .*step\(text\) -> \(observation: str, "
+                    r"reward: float, terminated: bool, truncated: bool, info: dict\)"),
+    ("int reply", r"step\(\) at turn 1 .* returned an observation of type int \(7\)"),
+    ("nan reward", r"step\(\) at turn 1 .* returned the reward nan \(a float\); rewards must be finite"),
+    ("text reward", r"returned the reward '1' \(a str\)"),
+    ("empty", r"first message of text env Breach \(seed \d+\), '', encodes to no tokens"),
+])
+def test_a_text_env_that_breaks_the_contract_gets_one_line_naming_it(how, message):
+    breach = type("Breach", (Breach,), {"how": how})
+    env = MultiTurnEnv(breach, max_tokens=48, max_turn_tokens=2, first_template="{observation}")
+    with pytest.raises(ValueError, match="text env Breach" if how != "empty" else "Breach") as error:
+        env.reset(seed=0)
+        env.step(5)
+        env.step(6)
+    assert "\n" not in str(error.value)
+    assert error.match(message)
+
+
 def test_multiturn_env_passes_gymnasium_and_sb3_checks():
     env = say_word_env()
     gym_check_env(env, skip_render_check=True)

@@ -126,6 +126,37 @@ def test_kl_shaping_subtracts_coef_times_kl_from_every_generated_token():
     assert logged["kl/penalty_per_episode"] == pytest.approx(0.5 * kl.sum(), rel=1e-4)
 
 
+def test_kl_per_episode_counts_truncated_episodes_as_ended():
+    """A truncated episode of 4 tokens and a terminated one of 2: two whole episodes (6 tokens / mean length 3).
+    Counting the truncated one as running made it 6 / 2 = 3 episodes, and kl/per_episode a third too low."""
+    env = lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=4, reward="target_word")
+    module = LMRLModule(observation_space=env.observation_space, action_space=env.action_space,
+                        model_config={"kl_coef": 0.5})
+    with torch.no_grad():
+        module.lm.lm_head.weight.add_(0.3 * torch.randn_like(module.lm.lm_head.weight))
+    episodes = []
+    for tokens, truncated in (((7, 9, 11, 13), True), ((5, 0), False)):
+        obs, _ = env.reset(seed=0)
+        episode = SingleAgentEpisode(observations=[obs], observation_space=env.observation_space,
+                                     action_space=env.action_space, len_lookback_buffer=0)
+        for i, token in enumerate(tokens):
+            obs, reward, _, _, _ = env.step(token)
+            last = i == len(tokens) - 1
+            episode.add_env_step(obs, token, reward, terminated=last and not truncated, truncated=last and truncated,
+                                 extra_model_outputs={Columns.ACTION_LOGP: np.float32(-1.0)})
+        episodes.append(episode.to_numpy())
+    assert episodes[0].is_truncated and episodes[1].is_terminated
+    steps = {k: np.concatenate([e.get_observations(indices=slice(0, len(e)))[k] for e in episodes]) for k in obs}
+    actions = np.concatenate([e.get_actions() for e in episodes])
+    kl = -1.0 - reference_log_probs(module.load_reference_model(), steps, actions, env.action_space.n, "cpu")
+    add_one_ts_to_episodes_and_truncate(episodes)
+    metrics = MetricsLogger()
+    KLShaping()(rl_module={DEFAULT_MODULE_ID: module}, batch={}, episodes=episodes,
+                shared_data={BOOTSTRAP_STEP_ADDED: True}, metrics=metrics)
+    assert metrics.peek((DEFAULT_MODULE_ID, "kl/episode_length")) == pytest.approx(3.0)
+    assert metrics.peek((DEFAULT_MODULE_ID, "kl/per_episode")) == pytest.approx(kl.sum() / 2, rel=1e-4)
+
+
 def test_recomputed_log_probs_are_the_learners_forward_under_bfloat16():
     env = lm_gym.TextGenEnv(prompts=PROMPTS, max_new_tokens=6, reward="target_word")
     module = LMRLModule(observation_space=env.observation_space, action_space=env.action_space,

@@ -60,9 +60,10 @@ class KLShaping(ConnectorV2):
                 episode.set_rewards(new_data=rewards - coef * token_kl, at_indices=slice(0, n))
         if metrics is not None:
             # Segments are episodes or the parts of them in this batch: count the parts by their tokens. A chunk's
-            # t_started is the number of its episode's steps in earlier chunks.
-            ended = [episode.t_started + n for episode, n in segments if episode.is_terminated]
-            running = [episode.t_started + n for episode, n in segments if not episode.is_terminated]
+            # t_started is the number of its episode's steps in earlier chunks. An episode has ended when it was
+            # terminated or truncated (a multi-turn env's max_turns, a full window), as on the SB3 side.
+            ended = [episode.t_started + n for episode, n in segments if episode.is_done]
+            running = [episode.t_started + n for episode, n in segments if not episode.is_done]
             tokens = sum(n for _, n in segments)
             n_episodes = episode_equivalents(tokens, ended, running)
             per_episode, episode_length = float(kl.sum() / n_episodes), tokens / n_episodes

@@ -19,8 +19,11 @@ reinforce     ``r_i - mean over the rollout's episodes of r``   Williams 1992, b
 
 Every token of episode ``i`` gets ``A_i``, plus, when ``KLPenaltyCallback`` shapes the rewards, its KL
 penalty to go (``-coef * sum of KL from this token on``): the outcome gets the group baseline and the KL
-stays per token, as OpenRLHF combines them. Dr. GRPO's other change, no per-sequence length normalisation,
-is already how SB3's PPO averages its loss (over tokens).
+stays per token, as OpenRLHF combines them. The two inputs are the rewards the env paid (recorded each step,
+before SB3 adds ``gamma * V(terminal observation)`` to a truncated episode's last reward) and the penalty the KL
+callback subtracted (``rollout_buffer.kl_penalties``): nothing the critic says reaches these advantages.
+Dr. GRPO's other change, no per-sequence length normalisation, is already how SB3's PPO averages its loss (over
+tokens).
 
 Rollout edges: SB3 cuts rollouts every ``n_steps`` steps, not at episode ends. An episode that started in
 the previous rollout or is still running at the end has lost part of its tokens, and a group with such a
@@ -107,6 +110,7 @@ class GroupAdvantageCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         n_steps, n_envs = self.model.n_steps, self.training_env.num_envs
+        self.model.rollout_buffer.kl_penalties = None  # KLPenaltyCallback sets this rollout's at its end
         self.step = 0
         self.task_rewards = np.zeros((n_steps, n_envs))  # as the env paid them, before any KL shaping
         self.ends = np.zeros((n_steps, n_envs), dtype=bool)  # an episode ended at this step
@@ -114,6 +118,7 @@ class GroupAdvantageCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.step < len(self.ends):
+            # A copy, taken before SB3 adds the truncation bootstrap gamma * V(s_T) to the same array.
             self.task_rewards[self.step] = self.locals["rewards"]
             self.ends[self.step] = self.locals["dones"]
             for env, info in enumerate(self.locals["infos"]):
@@ -133,11 +138,11 @@ class GroupAdvantageCallback(BaseCallback):
         episodes = [e for e, k in zip(episodes, keep) if k]
         advantages = outcome_advantages(outcomes[keep], groups[keep], self.estimator)
 
-        # What KL shaping subtracted from each token (zero without it), summed from each token to the episode end.
-        kl_penalty = buffer.rewards - self.task_rewards
+        # What KL shaping subtracted from each token (none without it), summed from each token to the episode end.
+        kl_penalties = getattr(buffer, "kl_penalties", None)
         buffer.advantages[:] = 0.0
         for (env, steps), advantage, weight in zip(episodes, advantages, weights[keep]):
-            penalty_to_go = np.cumsum(kl_penalty[steps, env][::-1])[::-1]
+            penalty_to_go = 0.0 if kl_penalties is None else -np.cumsum(kl_penalties[steps, env][::-1])[::-1]
             buffer.advantages[steps, env] = weight * (advantage + penalty_to_go)
         buffer.returns[:] = buffer.advantages + buffer.values  # SB3's definition; unused with vf_coef=0
 

@@ -29,6 +29,9 @@ class KLPenaltyCallback(BaseCallback):
       algorithm's ``_last_obs`` (MaskablePPO does not pass its bootstrap value to callbacks).
     - ``kl/per_episode`` counts the episodes that the rollout's edges cut by their tokens
       (:func:`agents.lm.kl.episode_equivalents`), and the adaptive controller steps by that many episodes.
+    - The per-token penalty it subtracted, ``(n_steps, n_envs)``, is left on the buffer as
+      ``rollout_buffer.kl_penalties``: :class:`agents.GroupAdvantageCallback` reads it there (the buffer's rewards
+      also hold SB3's truncation bootstrap, so the penalty is not their difference from the task rewards).
 
     Args:
         coef: KL coefficient (the initial one when ``target`` is set).
@@ -89,7 +92,8 @@ class KLPenaltyCallback(BaseCallback):
         log_probs = policy_log_probs(policy, buffer, masked=False) if uses_masks(policy, buffer) else buffer.log_probs
         kl = kl_estimate(log_probs - ref_log_probs, self.estimator)  # log p(a|s) - log q(a|s), per token
         coef = self.coef
-        buffer.rewards -= coef * kl
+        buffer.kl_penalties = coef * kl
+        buffer.rewards -= buffer.kl_penalties
         dones = np.asarray(self.locals["dones"], dtype=bool)
         buffer.compute_returns_and_advantage(last_values=self.bootstrap_values(), dones=dones)
 
