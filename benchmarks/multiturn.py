@@ -10,7 +10,11 @@ on top of the cached keys, never the history, so the rate should not fall as tur
 of single-turn; replies enter in one call per turn, so more turns can even be faster per token). Medians of ``--repeats``, the
 settings timed in turn within each repeat.
 
+``--ends truncated``: the text env never ends an episode, ``max_turns`` truncates it (SB3 then bootstraps each one
+with a value call on its terminal observation, one row, which must not drop the other envs' KV cache).
+
     python benchmarks/multiturn.py [--shape tiny-1k|gpt2-small] [--n-envs 8] [--tokens 64] [--repeats 5]
+                                   [--ends terminated|truncated]
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ TURNS = (1, 2, 4, 8)
 
 
 class FixedReplies:
-    """A text env whose every reply is the same ``reply_tokens``-token text, for ``turns`` turns."""
+    """A text env whose every reply is the same ``reply_tokens``-token text, for ``turns`` turns (``None``: it never
+    ends the episode itself)."""
 
-    def __init__(self, reply: str, turns: int):
+    def __init__(self, reply: str, turns: int | None):
         self.reply, self.turns, self.turn = reply, turns, 0
 
     def reset(self, seed=None):
@@ -40,7 +45,7 @@ class FixedReplies:
 
     def step(self, text):
         self.turn += 1
-        return self.reply, 0.0, self.turn >= self.turns, False, {}
+        return self.reply, 0.0, self.turns is not None and self.turn >= self.turns, False, {}
 
 
 def piece_of_length(n_tokens: int) -> str:
@@ -48,9 +53,11 @@ def piece_of_length(n_tokens: int) -> str:
     return prompts_of_length(n_tokens, 1)[0] if n_tokens else ""
 
 
-def build(shape: str, n_envs: int, prompt_tokens: int, tokens: int, turns: int | None) -> tuple[PPO, int, int]:
-    """PPO on single-turn TextGen-v0 (``turns=None``) or on a ``turns``-turn MultiTurnEnv of the same total length,
-    the tokens per episode after the first message, and the agent's tokens (env steps) per episode."""
+def build(shape: str, n_envs: int, prompt_tokens: int, tokens: int, turns: int | None, truncated: bool = False
+          ) -> tuple[PPO, int, int]:
+    """PPO on single-turn TextGen-v0 (``turns=None``) or on a ``turns``-turn MultiTurnEnv of the same total length
+    (``truncated``: ended by ``max_turns``, not by the text env), the tokens per episode after the first message, and
+    the agent's tokens (env steps) per episode."""
     model = model_path(shape)
     prompts = prompts_of_length(prompt_tokens, n_envs)
     if turns is None:
@@ -63,8 +70,11 @@ def build(shape: str, n_envs: int, prompt_tokens: int, tokens: int, turns: int |
         reply = piece_of_length(a)
         # A first message of prompt_tokens tokens (the plain template adds a newline: one token fewer of text).
         first = prompts[0]
-        venv = lm_gym.make_vec_env(n_envs, seed=0, text_env=lambda: FixedReplies(reply, turns), model=model,
-                                   max_tokens=prompt_tokens + 2 + per_episode, max_turn_tokens=a - 1,
+        # Truncated at max_turns, the last reply is appended too: room for it (the window holds a whole turn after it).
+        venv = lm_gym.make_vec_env(n_envs, seed=0, text_env=lambda: FixedReplies(reply, None if truncated else turns),
+                                   model=model, max_turns=turns if truncated else None,
+                                   max_tokens=prompt_tokens + 2 + per_episode + (2 * a if truncated else 0),
+                                   max_turn_tokens=a - 1,
                                    turn_end_tokens=[], first_template=first + "{observation}", reply_template="{reply}")
     ppo = PPO(LMActorCriticPolicy, venv, n_steps=2 * steps, batch_size=4 * steps, n_epochs=1, seed=0, device=device(),
               policy_kwargs={"model": model}, rollout_buffer_class=EpisodeRolloutBuffer)
@@ -79,11 +89,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ends", choices=("terminated", "truncated"), default="terminated",
+                        help="how multi-turn episodes end: the text env ends them, or max_turns truncates them")
     args = parser.parse_args()
     print(f"# multi-turn rollout: {args.shape}, {args.n_envs} envs, {args.prompt_tokens}-token first message + "
-          f"{args.tokens} tokens per episode, {args.repeats} repeats; {machine()}")
+          f"{args.tokens} tokens per episode, episodes {args.ends}, {args.repeats} repeats; {machine()}")
     settings = {"single-turn": None, **{f"{k} turns": k for k in TURNS}}
-    models = {name: build(args.shape, args.n_envs, args.prompt_tokens, args.tokens, k) for name, k in settings.items()}
+    models = {name: build(args.shape, args.n_envs, args.prompt_tokens, args.tokens, k, args.ends == "truncated")
+              for name, k in settings.items()}
     rates: dict[str, list[float]] = {name: [] for name in settings}
     agent_rates: dict[str, list[float]] = {name: [] for name in settings}
     episode_seconds: dict[str, list[float]] = {name: [] for name in settings}

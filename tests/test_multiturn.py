@@ -266,6 +266,27 @@ def test_the_kv_cached_rollout_gives_a_full_forwards_logits_across_turn_ends():
     assert cache.rows_restarted < 3 * 4  # turn ends continue the cache: only new episodes run in full
 
 
+class EndlessWords(SayWord):
+    """SayWord that never ends by itself: MultiTurnEnv's max_turns truncates every episode."""
+
+    def step(self, text):
+        reply, reward, _, truncated, info = super().step(text)
+        return reply, reward, False, truncated, info
+
+
+def test_sb3s_truncation_bootstrap_keeps_the_other_rows_kv_cache():
+    """SB3 bootstraps each truncated episode with predict_values on its terminal observation alone (one row); that
+    call used to replace the rollout cache of all envs by a cache of one row, so the next step ran every env's whole
+    sequence again. Now only the rows whose episodes restart run in full."""
+    venv = lm_gym.make_vec_env(4, seed=0, text_env=EndlessWords, max_tokens=48, max_turn_tokens=3, max_turns=2)
+    model = make_algorithm("ppo", venv, seed=0, device="cpu", n_steps=32, batch_size=128, n_epochs=1)
+    ends = []
+    model.learn(128, callback=lambda locals_, _: ends.append(int(locals_["dones"].sum())) or True)
+    cache = model.policy.kv_cache
+    assert sum(ends) >= 12  # every episode truncated, 2 turns of at most 3 tokens
+    assert cache.rows_restarted <= 4 + sum(ends), (cache.rows_restarted, sum(ends))  # on main: 4 + 4 x sum(ends)
+
+
 def test_vector_env_equals_single_envs_in_a_dummy_vec_env():
     vec = lm_gym.make_vec_env(4, seed=3, text_env=SayWord, max_tokens=48, max_turn_tokens=3).unwrapped
     single = DummyVecEnv([functools.partial(say_word_env, max_turn_tokens=3) for _ in range(4)])

@@ -63,6 +63,11 @@ class RolloutKVCache:
         self.hidden: torch.Tensor | None = None
         self.hidden_kept = False
 
+    def holds_rows_of(self, obs: Observation) -> bool:
+        """Whether ``obs`` has the cache's batch shape (or the cache is empty): a call with another batch drops
+        the cache, so a one-off call on other rows (SB3's bootstrap of one truncated episode) should not use it."""
+        return self.ids is None or self.ids.shape == obs["input_ids"].shape
+
     @torch.no_grad()
     def __call__(self, lm: torch.nn.Module, obs: Observation, n_actions: int, weights_version: int,
                  autocast: Any = None, hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -202,8 +202,10 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         # Without gradients this is SB3's bootstrap at the end of a rollout, on the observations that follow its
-        # last step: the KV cache continues them, and the next rollout's first step finds them cached.
-        return self._logits_and_values(obs, cached=True)[1]
+        # last step: the KV cache continues them, and the next rollout's first step finds them cached. SB3 also
+        # bootstraps each truncated episode from its terminal observation, one row: that runs outside the cache,
+        # which keeps every env's rows for the next step (a cache of one row would make all envs start over).
+        return self._logits_and_values(obs, cached=self.kv_cache.holds_rows_of(obs))[1]
 
 
 class LMTRPOPolicy(LMActorCriticPolicy):
