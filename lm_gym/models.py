@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, \
+    PreTrainedTokenizerBase
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS_DIR / "tiny-lm"
@@ -51,6 +52,17 @@ def load_tokenizer(model: ModelRef = None) -> PreTrainedTokenizerBase:
                          "save_pretrained or a Hugging Face repo id that this machine can download.") from error
     ensure_pad_token(tokenizer, source=resolve_model(model))
     return tokenizer
+
+
+def max_positions(model: ModelRef) -> int | None:
+    """How many positions ``model`` can attend to, from its config alone (no weights load); None when its config
+    does not say (or cannot be read)."""
+    try:
+        config = AutoConfig.from_pretrained(check_model(model))
+    except (OSError, ValueError):
+        return None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 def tokenizer_for(model: ModelRef, tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
 from lm_gym.env import Observation, check_render_mode, place_prompt, render_text
-from lm_gym.models import ModelRef, tokenizer_for
+from lm_gym.models import ModelRef, max_positions, tokenizer_for
 from lm_gym.turns import TurnCodec
 
 
@@ -45,6 +45,15 @@ class Turn:
     info: dict[str, Any]
 # Seeds that training envs draw for their text envs lie below this; held-out instances use seeds from here on.
 HELD_OUT_SEEDS = 1_000_000
+DEFAULT_MAX_TOKENS = 512  # the longest default window (max_tokens=None); a model with fewer positions sets it lower
+
+
+def default_window(model: ModelRef, tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """``max_tokens=None``'s window: the positions the env's model can attend to, at most :data:`DEFAULT_MAX_TOKENS`.
+    A model given by its tokenizer alone (``model=None``) is known by the tokenizer's ``model_max_length`` (which
+    Hugging Face sets to a huge number when it does not know)."""
+    limit = max_positions(model) if model is not None or tokenizer is None else tokenizer.model_max_length
+    return min(DEFAULT_MAX_TOKENS, limit or DEFAULT_MAX_TOKENS)
 
 
 def make_text_env(source: TextEnvSource) -> TextEnv:
@@ -127,7 +136,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
     ## Arguments
 
     ```python
-    gym.make("TextGen-MultiTurn-v0", text_env=..., model=None, tokenizer=None, max_tokens=512,
+    gym.make("TextGen-MultiTurn-v0", text_env=..., model=None, tokenizer=None, max_tokens=None,
              max_turn_tokens=32, max_turns=None, turn_end_tokens=None, use_chat_template=None,
              first_template="{observation}\\n", reply_template="\\n{reply}\\n", render_mode=None)
     ```
@@ -136,7 +145,9 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
       ``"textarena:ID"`` (a single-player TextArena game). Copies of this env (vector envs, evaluation) make
       their own text env from a callable or id, or deep-copy an instance.
     * ``model`` / ``tokenizer``: the agent's tokenizer (``None``: the bundled one).
-    * ``max_tokens``: the observation window, the whole conversation.
+    * ``max_tokens``: the observation window, the whole conversation. ``None``: what the model can attend to
+      (its config's ``max_position_embeddings``; with only a ``tokenizer``, its ``model_max_length``), at most
+      :data:`DEFAULT_MAX_TOKENS` (512), so that the env and a policy on the same model fit together.
     * ``max_turn_tokens``: the longest agent turn; the env then appends the end token itself.
     * ``max_turns``: turns per episode (``None``: as many as the text env and the window allow).
     * ``turn_end_tokens``, ``use_chat_template``, ``first_template``, ``reply_template``: see :class:`TurnCodec`.
@@ -159,7 +170,7 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
         text_env: TextEnvSource,
         model: ModelRef = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
-        max_tokens: int = 512,
+        max_tokens: int | None = None,
         max_turn_tokens: int = 32,
         max_turns: int | None = None,
         turn_end_tokens: Sequence[str | int] | None = None,
@@ -172,11 +183,13 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
             raise ValueError(f"max_turn_tokens={max_turn_tokens}: must be at least 1.")
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"max_turns={max_turns}: must be at least 1 (or None: no limit).")
+        if max_tokens is None:
+            max_tokens = default_window(model, tokenizer)
+        self.tokenizer = tokenizer = tokenizer_for(model, tokenizer)
         if max_tokens < max_turn_tokens + 2:
             raise ValueError(f"max_tokens={max_tokens} cannot hold a first message and an agent turn of "
                              f"max_turn_tokens={max_turn_tokens}; raise max_tokens.")
         check_render_mode(render_mode, self.metadata["render_modes"])
-        self.tokenizer = tokenizer = tokenizer_for(model, tokenizer)
         self.codec = TurnCodec(tokenizer, use_chat_template, turn_end_tokens, first_template, reply_template)
         self.text_env_source = text_env
         self.text_env = make_text_env(text_env)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv
+from transformers import GPT2Config
 
 import lm_gym
 from agents import GroupAdvantageCallback, LMActorCriticPolicy, make_algorithm, sample_episodes
@@ -213,6 +215,20 @@ def test_a_text_env_that_breaks_the_contract_gets_one_line_naming_it(how, messag
         env.step(6)
     assert "\n" not in str(error.value)
     assert error.match(message)
+
+
+def test_the_envs_default_window_fits_the_default_policy_and_trains(tmp_path):
+    """MultiTurnEnv(text_env) and PPO(LMActorCriticPolicy, env) with both defaults: the window defaults to what the
+    model can attend to (64 positions for the bundled LM; it was 512, which the policy refused)."""
+    env = MultiTurnEnv(SayWord)
+    assert env.window == 64
+    model = PPO(LMActorCriticPolicy, env, n_steps=32, batch_size=32, n_epochs=1, device="cpu", seed=0)
+    model.learn(64)
+    assert model.num_timesteps == 64
+    with pytest.raises(ValueError, match=r"window of 512 tokens .* \(multi-turn: max_tokens=64 or less, or leave it unset"):
+        PPO(LMActorCriticPolicy, MultiTurnEnv(SayWord, max_tokens=512), device="cpu")  # an explicit choice: refused
+    GPT2Config(n_positions=1024).save_pretrained(tmp_path)  # a model with more positions: the window is capped
+    assert MultiTurnEnv(SayWord, model=str(tmp_path), tokenizer=lm_gym.load_tokenizer()).window == 512
 
 
 def test_multiturn_env_passes_gymnasium_and_sb3_checks():

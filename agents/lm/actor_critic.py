@@ -71,8 +71,10 @@ class LMActorCritic:
         max_positions = getattr(self.lm.config, "max_position_embeddings", None)
         if max_positions is not None and window > max_positions:
             raise ValueError(
-                f"the env's window of {window} tokens (max_prompt_tokens + max_new_tokens) is longer than "
-                f"model={name!r} can attend to ({max_positions} positions); lower max_new_tokens or max_prompt_tokens.")
+                f"the env's window of {window} tokens (TextGen-v0: max_prompt_tokens + max_new_tokens; multi-turn "
+                f"envs: max_tokens) is longer than model={name!r} can attend to ({max_positions} positions); lower "
+                f"max_new_tokens or max_prompt_tokens (multi-turn: max_tokens={max_positions} or less, or leave it "
+                "unset: it then fits the env's model).")
         self.n_actions = n_actions
         self._lm_parameters = list(self.lm.parameters())  # walked on every rollout step: list it once
         hidden_size = self.lm.get_input_embeddings().embedding_dim
