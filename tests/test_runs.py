@@ -76,6 +76,35 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path):
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
 
 
+class EpisodeLog(BaseCallback):
+    """(step, return, length) of every episode VecMonitor reports."""
+
+    def __init__(self):
+        super().__init__()
+        self.episodes = []
+
+    def _on_step(self) -> bool:
+        self.episodes += [(self.num_timesteps, round(float(i["episode"]["r"]), 5), i["episode"]["l"])
+                          for i in self.locals["infos"] if "episode" in i]
+        return True
+
+
+def test_returns_logged_after_a_resume_equal_the_uninterrupted_runs(tmp_path):
+    """VecMonitor adds up each running episode's return and length; the checkpoint keeps those sums, so an episode
+    that spans the resume is logged whole (dense rewards: a partial return would show), not from the resume on."""
+    config = dict(SMALL, max_new_tokens=5, env_options={"reward_mode": "dense"}, kl_target=None)  # 5: one spans 256
+    whole, first, second = EpisodeLog(), EpisodeLog(), EpisodeLog()
+    train(TrainConfig(**config, out=str(tmp_path / "a")), callbacks=[whole])
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config, out=str(tmp_path / "b")), callbacks=[first, Crash(at=300)])
+    (interrupted,) = (tmp_path / "b").iterdir()
+    train(resume=interrupted, callbacks=[second])
+    after = [e for e in whole.episodes if e[0] > 256]
+    assert len(after) >= 10 and any(r != 0 for _, r, _ in after)
+    assert second.episodes == after
+    assert [e for e in first.episodes if e[0] <= 256] == [e for e in whole.episodes if e[0] <= 256]
+
+
 def test_a_linear_lr_schedule_decays_to_zero_over_the_run_and_resumes_where_it_was(tmp_path):
     config = dict(SMALL, learning_rate=1e-3, lr_schedule="linear")
     uninterrupted = train(TrainConfig(**config, out=str(tmp_path / "a")))

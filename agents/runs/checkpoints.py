@@ -5,7 +5,8 @@ and renamed into place (:func:`atomic_checkpoint`), so a crash never leaves a ha
 real name, and an existing checkpoint is never overwritten. What is inside depends on the backend:
 
 - SB3 (this module): ``model.zip`` (weights, optimizer, step counter, last observation), ``state.pt`` (each
-  env's in-progress episode and RNG, the torch/numpy/python RNG states, the KL controller, the NLPO copy)
+  env's in-progress episode and RNG, ``VecMonitor``'s returns and lengths of those episodes so far, the
+  torch/numpy/python RNG states, the KL controller, the NLPO copy)
   and, for DQN/QR-DQN, ``replay_buffer.pkl``. Resuming reproduces the uninterrupted run exactly.
 - RLlib (:mod:`agents.runs.rllib_backend`): the Algorithm's own checkpoint (``Algorithm.save_to_path``) and
   ``sampling_state.pt`` (each env runner's random streams, envs and cut episodes: :mod:`agents.rllib.sampling_state`,
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
 
 from agents.random_streams import random_streams, set_random_streams
 from agents.sb3.kl import KLPenaltyCallback
@@ -82,8 +84,36 @@ def _write_sb3_checkpoint(model: BaseAlgorithm, partial: Path, kl: KLPenaltyCall
         "rng": random_streams(),
         "kl": None if kl is None else kl.state_dict(),
         "nlpo": None if nlpo is None else {"updates": nlpo.updates, "weights": nlpo.lm.state_dict()},
+        "monitor": monitor_state(model.env),
     }
     torch.save(state, partial / "state.pt")
+
+
+def vec_monitor(env) -> VecMonitor | None:
+    """The ``VecMonitor`` in ``env``'s wrapper chain, if any."""
+    while isinstance(env, VecEnvWrapper):
+        if isinstance(env, VecMonitor):
+            return env
+        env = env.venv
+    return None
+
+
+def monitor_state(env) -> dict | None:
+    """The returns and lengths so far of the episodes in progress, as ``VecMonitor`` adds them up, and its episode
+    count: without them the first episodes logged after a resume would report only their part after it."""
+    monitor = vec_monitor(env)
+    if monitor is None:
+        return None
+    return {"returns": monitor.episode_returns.copy(), "lengths": monitor.episode_lengths.copy(),
+            "count": monitor.episode_count}
+
+
+def set_monitor_state(env, state: dict | None) -> None:
+    monitor = vec_monitor(env)
+    if monitor is not None and state is not None:  # absent in checkpoints of lm-gym <= 0.4
+        monitor.episode_returns[:] = state["returns"]
+        monitor.episode_lengths[:] = state["lengths"]
+        monitor.episode_count = state["count"]
 
 
 def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "auto",
@@ -104,6 +134,7 @@ def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "au
         raise CheckpointError(f"{path} holds {len(state['envs'])} envs but the run has n_envs={env.num_envs}.")
     for index, env_state in enumerate(state["envs"]):
         env.env_method("set_state", env_state, indices=[index])
+    set_monitor_state(env, state.get("monitor"))
     if kl is not None and state["kl"] is not None:
         kl.load_state_dict(state["kl"])
     nlpo = getattr(model.policy, "nlpo", None)
