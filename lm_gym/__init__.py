@@ -1,7 +1,7 @@
 """lm-gym: RL fine-tuning of causal language models as a Gymnasium environment.
 
 Importing the package registers ``"TextGen-v0"``, ``"TextGen-Arithmetic-v0"``, ``"TextGen-MultiTurn-v0"`` (any
-text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-GuessNumber-v0"``,
+text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-GuessNumber-v1"``,
 ``"TextGen-Calculator-v0"`` and ``"TextGen-GridWorld-v0"``. :func:`suite` lists the tasks with a known optimum. In worker processes that
 never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
@@ -47,14 +47,14 @@ from lm_gym.turns import TurnCodec
 from lm_gym.gymnasium_vector import TextGenVectorEnv
 from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
 
-__version__ = "0.1.0"
+__version__ = "0.5.0"  # see CHANGELOG.md
 
 # Every env id and its entry point; registered once even if the module is imported again.
 ENV_IDS = {
     "TextGen-v0": "lm_gym.env:TextGenEnv",
     "TextGen-Arithmetic-v0": "lm_gym.arithmetic:ArithmeticEnv",
     "TextGen-MultiTurn-v0": "lm_gym.multiturn:MultiTurnEnv",
-    "TextGen-GuessNumber-v0": "lm_gym.tasks.guess_number:GuessNumberEnv",
+    "TextGen-GuessNumber-v1": "lm_gym.tasks.guess_number:GuessNumberEnv",
     "TextGen-Calculator-v0": "lm_gym.tasks.calculator:CalculatorEnv",
     "TextGen-GridWorld-v0": "lm_gym.tasks.grid_world:GridWorldEnv",
 }

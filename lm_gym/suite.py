@@ -41,7 +41,7 @@ def suite() -> tuple[SuiteTask, ...]:
     """The suite, optima computed from the held-out instances of each task."""
     return (
         SuiteTask("TextGen-Arithmetic-v0", "exact-match accuracy", 1.0, "the answer itself"),
-        SuiteTask("TextGen-GuessNumber-v0", "success", 1.0, "binary search",
+        SuiteTask("TextGen-GuessNumber-v1", "success", 1.0, "binary search",
                   f"{_binary_search_turns():.2f} guesses on average", multi_turn=True),
         SuiteTask("TextGen-Calculator-v0", "exact-match accuracy", 1.0, "call the tool, copy its result",
                   "2 turns", multi_turn=True),

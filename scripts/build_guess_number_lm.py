@@ -1,4 +1,4 @@
-"""Build TextGen-GuessNumber-v0's bundled LM: a small GPT-2 that plays guess-the-number, imperfectly.
+"""Build TextGen-GuessNumber-v1's bundled LM: a small GPT-2 that plays guess-the-number, imperfectly.
 
 Offline and reproducible (fixed seeds, one thread). The traces are played *through the multi-turn env itself*
 (``lm_gym.MultiTurnEnv``), so the LM learns exactly the token layout RL will show it: the text env's first

@@ -1,4 +1,4 @@
-"""TextGen-GuessNumber-v0: the game's rules and optimum, its splits, its bundled LM's starting point, and runs."""
+"""TextGen-GuessNumber-v1: the game's rules and optimum, its splits, its bundled LM's starting point, and runs."""
 
 import json
 
@@ -61,9 +61,17 @@ def test_bad_guesses_cost_a_turn_and_the_game_ends_lost_after_six():
 
 
 def test_the_env_passes_the_gymnasium_checks_and_registers():
-    env = gym.make("TextGen-GuessNumber-v0")
+    env = gym.make("TextGen-GuessNumber-v1")
     check_env(env.unwrapped, skip_render_check=True)
     assert env.observation_space["input_ids"].shape == (128,)
+
+
+def test_the_changed_games_old_id_is_refused_naming_the_new_one(cli_error):
+    """v0 was another game (1-100, 7 guesses, split over secrets): Gymnasium's convention is a new version."""
+    with pytest.raises(gym.error.DeprecatedEnv, match="TextGen-GuessNumber-v1"), \
+            pytest.warns(DeprecationWarning, match="upgrading to version `v1`"):
+        gym.make("TextGen-GuessNumber-v0")
+    assert "use TextGen-GuessNumber-v1" in cli_error("train", "--env", "TextGen-GuessNumber-v0")
 
 
 @pytest.mark.slow
@@ -80,7 +88,7 @@ def test_the_bundled_lm_starts_clearly_between_zero_and_the_optimum():
 
 @pytest.mark.slow
 def test_lm_gym_train_runs_the_multi_turn_task_end_to_end(tmp_path, cli_error):
-    main(["train", "--env", "TextGen-GuessNumber-v0", "--steps", "1024", "--eval-samples", "1", "--checkpoint-every",
+    main(["train", "--env", "TextGen-GuessNumber-v1", "--steps", "1024", "--eval-samples", "1", "--checkpoint-every",
           "0", "--out", str(tmp_path)])
     (run,) = tmp_path.iterdir()
     summary = json.loads((run / "summary.json").read_text())
@@ -88,4 +96,4 @@ def test_lm_gym_train_runs_the_multi_turn_task_end_to_end(tmp_path, cli_error):
     assert all(s["prompt"].startswith("Guess my number") and "\n" in s["completion"] for s in summary["samples_after"])
     assert (run / "model.zip").exists() and (run / "lm" / "model.safetensors").exists()
     assert "multi-turn: its text env pays the rewards" in cli_error(
-        "train", "--env", "TextGen-GuessNumber-v0", "--reward", "sentiment", "--out", str(tmp_path))
+        "train", "--env", "TextGen-GuessNumber-v1", "--reward", "sentiment", "--out", str(tmp_path))

@@ -48,7 +48,7 @@ def shortest_path(game: GridWorld) -> str:
     return optimal_moves(game.layout, game.position)[0]
 
 
-SOLVERS = {"TextGen-GuessNumber-v0": binary_search, "TextGen-Calculator-v0": tool_use,
+SOLVERS = {"TextGen-GuessNumber-v1": binary_search, "TextGen-Calculator-v0": tool_use,
            "TextGen-GridWorld-v0": shortest_path}
 
 
@@ -58,7 +58,7 @@ def test_each_multi_turn_tasks_optimum_is_what_its_solver_scores_on_the_held_out
     instances = TASKS[env_id].held_out_instances()
     played = [play_text(env, i["text_env_seed"], SOLVERS[env_id]) for i in instances]
     assert np.mean([r for r, _ in played]) == pytest.approx(task.optimum)
-    if env_id == "TextGen-GuessNumber-v0":
+    if env_id == "TextGen-GuessNumber-v1":
         assert np.mean([t for _, t in played]) == pytest.approx(4.625) and task.optimum_detail.startswith("4.62")
     if env_id == "TextGen-Calculator-v0":
         assert {t for _, t in played} == {2} and task.optimum == 1.0
@@ -68,7 +68,7 @@ def test_each_multi_turn_tasks_optimum_is_what_its_solver_scores_on_the_held_out
 
 def test_the_suite_lists_each_task_once_with_its_metric():
     ids = [task.env_id for task in lm_gym.suite()]
-    assert ids == ["TextGen-Arithmetic-v0", "TextGen-GuessNumber-v0", "TextGen-Calculator-v0", "TextGen-GridWorld-v0"]
+    assert ids == ["TextGen-Arithmetic-v0", "TextGen-GuessNumber-v1", "TextGen-Calculator-v0", "TextGen-GridWorld-v0"]
     assert all(task.env_id in TASKS and task.metric and task.solver for task in lm_gym.suite())
     assert lm_gym.suite_task("TextGen-v0") is None  # the sentiment lexicon has no known optimum
 

@@ -80,7 +80,7 @@ TASKS = {
     # A weaker KL pull and twice the rollout; 3e-4 (with either KL) did not learn, RLOO learned less. 196,608
     # steps close 0.58 of the gap alone (0.50 / 0.60 / 0.52 for seeds 0-2 on one thread) where 131,072 gave
     # 0.33-0.49; 16 envs, or lr 2e-4 decaying linearly to 0, did no better (README, "Task suite").
-    "TextGen-GuessNumber-v0": Task(str(GUESS_NUMBER_MODEL), env_kwargs=guess_number_defaults,
+    "TextGen-GuessNumber-v1": Task(str(GUESS_NUMBER_MODEL), env_kwargs=guess_number_defaults,
                                    held_out_instances=_instances(HELD_OUT_GAMES),
                                    hyperparameters=dict(steps=196_608, n_steps=128, kl_coef=0.01)),
     # The registry's defaults learn it (0.29 -> 0.77 held-out in 32,768 steps): only the budget is the task's.
@@ -93,6 +93,9 @@ TASKS = {
                                  held_out_instances=_instances(HELD_OUT_LAYOUTS),
                                  hyperparameters=dict(steps=98_304, learning_rate=1.5e-4, n_steps=128, kl_coef=0.01)),
 }
+# Ids of tasks whose game changed (Gymnasium's convention: a new version), and what to use instead.
+RENAMED_TASKS = {"TextGen-GuessNumber-v0": "its game changed in lm-gym 0.4 (ranges of 50 numbers, 6 guesses, splits "
+                                           "over ranges); use TextGen-GuessNumber-v1."}
 # What a run uses where neither the config nor the task's hyperparameters say otherwise.
 DEFAULT_STEPS, DEFAULT_KL_COEF = 49_152, 0.05
 ALGORITHM_HYPERPARAMETERS = ("learning_rate", "n_steps", "batch_size", "n_epochs")
@@ -113,6 +116,9 @@ def task_of(env: str) -> Task:
                                                                            max_turn_tokens=32),
                     held_out_instances=lambda: [{"text_env_seed": HELD_OUT_SEEDS + i}
                                                 for i in range(HELD_OUT_TEXT_ENV_SEEDS)])
+    renamed = RENAMED_TASKS.get(env)
+    if renamed is not None:
+        raise ValueError(f"env={env!r} is no longer available: {renamed}")
     raise ValueError(f"env={env!r}: choose one of {list(TASKS)}, or a text env id: 'gem:ID' (a GEM env, e.g. "
                      "'gem:game:GuessTheNumber-v0-easy'; pip install 'lm-gym[gem]') or 'textarena:ID' (a "
                      "single-player TextArena game, e.g. 'textarena:GuessTheNumber-v0').")

@@ -1,4 +1,4 @@
-"""TextGen-GuessNumber-v0: find a secret number from "higher"/"lower" replies, with its own bundled LM."""
+"""TextGen-GuessNumber-v1: find a secret number from "higher"/"lower" replies, with its own bundled LM."""
 
 from __future__ import annotations
 
@@ -142,13 +142,16 @@ class GuessNumberEnv(MultiTurnEnv):
 
     ## Arguments
 
-    ``gym.make("TextGen-GuessNumber-v0", split="train", **multi_turn_env_kwargs)``.
+    ``gym.make("TextGen-GuessNumber-v1", split="train", **multi_turn_env_kwargs)``.
 
     ## Version History
 
-    * v0: Initial version (lm-gym 0.3). Since lm-gym 0.4 the ranges vary (50 numbers, 6 guesses) and the splits
-      are over ranges (before: 1 to 100 and 7 guesses always, 80 training and 20 held-out secrets, which a policy
-      could fit instead of searching).
+    * v1: (lm-gym 0.4) the ranges vary (50 numbers, 6 guesses) and the splits are over ranges, so a policy must
+      search rather than fit the secrets; its bundled LM was rebuilt for it. Registered as v1 since lm-gym 0.5 (0.4
+      shipped the new game under the v0 id); ``gym.make("TextGen-GuessNumber-v0")`` raises Gymnasium's
+      ``DeprecatedEnv``, naming v1.
+    * v0: Initial version (lm-gym 0.3): 1 to 100 and 7 guesses always, 80 training and 20 held-out secrets (which a
+      policy could fit instead of searching). No longer available.
     """
 
     def __init__(self, split: str = "train", **kwargs: Any):
@@ -156,6 +159,6 @@ class GuessNumberEnv(MultiTurnEnv):
 
 
 def guess_number_defaults(split: str = "train") -> dict[str, Any]:
-    """The ``MultiTurnEnv`` arguments that make ``TextGen-GuessNumber-v0`` on ``split``."""
+    """The ``MultiTurnEnv`` arguments that make ``TextGen-GuessNumber-v1`` on ``split``."""
     return dict(text_env=functools.partial(GuessNumber, split), model=str(GUESS_NUMBER_MODEL), max_tokens=128,
                 max_turn_tokens=6, max_turns=MAX_TURNS, reply_template="\n{reply}\n")
