@@ -343,6 +343,12 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
                 "window_full": window_full, "text_env_seed": self._text_env_seed,
                 "text_env_info": self._text_env_info}
 
+    def reset_text_env(self, seed: int) -> tuple[str, dict[str, Any]]:
+        """Reset only the text env, to the instance of ``seed`` (as an episode would start it); returns its first
+        message and info. The env's own episode is not restarted: call ``reset`` before stepping again."""
+        self._first_text = None  # step() now asks for a reset
+        return self._call_text_env("reset", seed=int(seed))
+
     # ----- what evaluation and rendering read -----
 
     @property

@@ -414,6 +414,34 @@ def test_gem_env_runs_episodes_through_ppo():
     assert isinstance(model.policy, LMActorCriticPolicy)
 
 
+@pytest.mark.parametrize("text_env, seen, distinct", [
+    ("gem:game:GuessTheNumber-v0-easy", 32, 10),  # 10 secrets: every held-out seed deals a training instance
+    ("textarena:GuessTheNumber-v0", 32, 20),  # 20 secrets (its history grows across resets: not identity)
+    ("gem:game:Sudoku-v0-easy", 0, 128),  # a new puzzle per seed
+])
+def test_held_out_seeds_that_repeat_training_instances_are_counted(text_env, seen, distinct):
+    pytest.importorskip(text_env.partition(":")[0])
+    from lm_gym.instances import held_out_overlap
+    from lm_gym.multiturn import HELD_OUT_SEEDS
+    from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL
+
+    env = MultiTurnEnv(text_env, max_tokens=512, max_turn_tokens=8, model=str(GUESS_NUMBER_MODEL))
+    overlap = held_out_overlap(env, [HELD_OUT_SEEDS + i for i in range(32)])
+    assert (overlap.seen_in_training, overlap.distinct_training_instances) == (seen, distinct)
+
+
+def test_a_run_on_a_game_with_few_instances_says_so_in_its_summary(tmp_path):
+    pytest.importorskip("gem")
+    from agents.runs.train import TrainConfig, train
+
+    run = train(TrainConfig(env="gem:game:GuessTheNumber-v0-easy", steps=64, n_envs=2, n_steps=32, batch_size=64,
+                            eval_samples=1, checkpoint_every=0, env_options={"max_turn_tokens": 8},
+                            out=str(tmp_path)))
+    summary = __import__("json").loads((run / "summary.json").read_text())
+    assert summary["held_out_overlap"] == {"held_out": 32, "seen_in_training": 32, "probed": 128,
+                                           "distinct_training_instances": 10}
+
+
 def test_textarena_single_player_game_through_the_shim():
     pytest.importorskip("textarena")
     env = MultiTurnEnv("textarena:GuessTheNumber-v0", max_tokens=512, max_turn_tokens=4,

@@ -24,13 +24,15 @@ from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.held_out_log import log_held_out
 from agents.runs.model_card import write_model_card
 from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
-from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, Task, TrainConfig, read_yaml, resolve_algorithm, task_of
+from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, TEXT_ENV_PREFIXES, Task, TrainConfig, read_yaml, \
+    resolve_algorithm, task_of
 from agents.runs.progress import episodes_bar, progress_bar
 from agents.runs.ray_auth import use_token_auth_if_given
 from agents.runs.watchdog import StallWatchdog, TrainingStalled
 from agents.runs.samples import episodes_to_dicts, sample_episodes, summarize
 from agents.runs.sb3_backend import SB3Trainer
 from lm_gym.env import TextGenEnv
+from lm_gym.instances import held_out_overlap
 from lm_gym.multiturn import MultiTurnEnv
 from lm_gym.prompts import Prompt
 from lm_gym.suite import SuiteTask
@@ -150,7 +152,8 @@ def train(config: TrainConfig | None = None, resume: str | Path | None = None, c
                "before": before.stats, "after": after.stats,
                # The held-out optimum, on reward_mean's scale (None: the task has no known optimum).
                "optimum": task.optimum if task else None, "metric": task.metric if task else None,
-               "samples_before": before.samples, "samples_after": after.samples}
+               "samples_before": before.samples, "samples_after": after.samples,
+               "held_out_overlap": before.overlap}
     if getattr(trainer, "cluster", None) is not None:  # RLlib: the Ray cluster and where each piece ran
         summary["cluster"] = trainer.cluster
     try:
@@ -179,6 +182,7 @@ class HeldOut:
     samples: list[dict] | None
     prompts: int
     resumed_at: int | None = None
+    overlap: dict | None = None  # a text env id's held-out instances that training deals too (lm_gym.instances)
 
 
 def _start(config: TrainConfig, run_dir: Path, console: Console, resume_from: Path | None):
@@ -202,6 +206,11 @@ def _start(config: TrainConfig, run_dir: Path, console: Console, resume_from: Pa
                                            reference=trainer.reference, progress=progress)
             return HeldOut(summarize(episodes), episodes_to_dicts(episodes), len(held_out))
 
+        overlap = None
+        if config.env.startswith(TEXT_ENV_PREFIXES):  # a peer's game: do its held-out seeds hold anything out?
+            overlap = held_out_overlap(eval_env, [instance["text_env_seed"] for instance in held_out])
+            if overlap.seen_in_training:
+                console.print(f"note: {overlap.message(config.env)}")
         done = trainer.num_timesteps
         console.print(f"[bold]lm-gym train[/bold]: {config.backend} {config.algo} on {config.env}, "
                       f"reward={config.reward!r}, model={config.model or 'bundled'}, {config.steps} steps on "
@@ -212,6 +221,7 @@ def _start(config: TrainConfig, run_dir: Path, console: Console, resume_from: Pa
         else:  # measured when the run started
             saved = json.loads((run_dir / "before.json").read_text())
             before = HeldOut(saved["stats"], saved["samples"], len(held_out), resumed_at=done or None)
+        before.overlap = None if overlap is None else overlap.as_dict()
     except BaseException:
         trainer.close()
         raise
