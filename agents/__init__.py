@@ -6,46 +6,71 @@
 - ``agents.runs``: ``lm-gym train``/``evaluate``/``compare``, run directories and checkpoints.
 """
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 
-from agents.lm.actor_critic import LMActorCritic, sample_tokens
-from agents.lm.forward import next_token_logits
-from agents.lm.kl import AdaptiveKLController
-from agents.lm.kv_cache import RolloutKVCache
-from agents.lm.lora import AdaptersDisabled, add_lora, merged_copy
-from agents.runs import checkpoints as _checkpoints
-from agents.runs.checkpoints import CheckpointError, ResumableCheckpointCallback, load_checkpoint, save_checkpoint
-from agents.runs.compare import compare
-from agents.runs.progress import LearningCurveCallback
-from agents.runs.evaluate import evaluate_run
-from agents.runs.samples import Episode, distinct_n, sample_episodes, summarize
-from agents.runs.train import TrainConfig, train
-from agents.sb3 import buffers, policy, q_policy
-from agents.sb3.algorithms import ALGORITHMS, make_algorithm
-from agents.sb3.buffers import EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer
-from agents.sb3.group_advantages import GroupAdvantageCallback, outcome_advantages
-from agents.sb3.kl import KLPenaltyCallback
-from agents.sb3.nlpo import TopPMask
-from agents.sb3.policy import LMActorCriticPolicy, LMTRPOPolicy
-from agents.sb3.q_policy import LMDQNPolicy, LMQNetwork, LMQRDQNPolicy
-from agents.sb3.rollout_log_probs import RecomputeLogProbsCallback
-from agents.sb3.sample_logging import SampleLogCallback
-
-# SB3's model.zip names the policy and buffer classes by module path; zips saved by lm-gym 0.1 (flat agents/)
-# say agents.policy, agents.q_policy, agents.buffers. These aliases keep them loading.
-sys.modules.update({"agents.policy": policy, "agents.q_policy": q_policy, "agents.buffers": buffers})
-
-__all__ = [
-    "ALGORITHMS", "AdaptersDisabled", "AdaptiveKLController", "CheckpointError", "Episode",
-    "EpisodeRolloutBuffer", "GroupAdvantageCallback", "KLPenaltyCallback", "LMActorCritic", "LMActorCriticPolicy",
-    "LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy", "LMTRPOPolicy", "LearningCurveCallback", "MaskableEpisodeRolloutBuffer",
-    "RecomputeLogProbsCallback", "ResumableCheckpointCallback", "RolloutKVCache", "SampleLogCallback", "TopPMask", "TrainConfig", "add_lora", "compare", "distinct_n",
-    "evaluate_run", "load_checkpoint", "make_algorithm", "merged_copy", "next_token_logits", "outcome_advantages",
-    "sample_episodes", "sample_tokens", "save_checkpoint", "summarize", "train",
-]
+# The public API and the module that defines each name, imported on first use (PEP 562): ``import agents.lm.forward``
+# loads no run layer, and ``lm-gym --help`` no torch.
+EXPORTS = {
+    "agents.lm.actor_critic": ["LMActorCritic", "sample_tokens"],
+    "agents.lm.forward": ["next_token_logits"],
+    "agents.lm.kl": ["AdaptiveKLController"],
+    "agents.lm.kv_cache": ["RolloutKVCache"],
+    "agents.lm.lora": ["AdaptersDisabled", "add_lora", "merged_copy"],
+    "agents.runs.checkpoints": ["CheckpointError", "ResumableCheckpointCallback", "load_checkpoint", "save_checkpoint",
+                                "CheckpointCallback"],  # the last: lm-gym <= 0.3's name, with a DeprecationWarning
+    "agents.runs.compare": ["compare"],
+    "agents.runs.progress": ["LearningCurveCallback"],
+    "agents.runs.evaluate": ["evaluate_run"],
+    "agents.runs.samples": ["Episode", "distinct_n", "sample_episodes", "summarize"],
+    "agents.runs.train": ["TrainConfig", "train"],
+    "agents.sb3.algorithms": ["ALGORITHMS", "make_algorithm"],
+    "agents.sb3.buffers": ["EpisodeRolloutBuffer", "MaskableEpisodeRolloutBuffer"],
+    "agents.sb3.group_advantages": ["GroupAdvantageCallback", "outcome_advantages"],
+    "agents.sb3.kl": ["KLPenaltyCallback"],
+    "agents.sb3.nlpo": ["TopPMask"],
+    "agents.sb3.policy": ["LMActorCriticPolicy", "LMTRPOPolicy"],
+    "agents.sb3.q_policy": ["LMDQNPolicy", "LMQNetwork", "LMQRDQNPolicy"],
+    "agents.sb3.rollout_log_probs": ["RecomputeLogProbsCallback"],
+    "agents.sb3.sample_logging": ["SampleLogCallback"],
+}
+_MODULE_OF = {name: module for module, names in EXPORTS.items() for name in names}
+__all__ = sorted(set(_MODULE_OF) - {"CheckpointCallback"})
 
 
 def __getattr__(name: str):
-    if name == "CheckpointCallback":  # the old name, kept importable with a DeprecationWarning
-        return getattr(_checkpoints, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if name != "CheckpointCallback":  # the deprecated name warns on every use
+        globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """SB3's model.zip names the policy and buffer classes by module path; zips saved by lm-gym 0.1 (flat agents/)
+    say ``agents.policy``, ``agents.q_policy``, ``agents.buffers``. Importing those names gives the modules that
+    hold the classes now (on demand, so nothing is loaded before a model is)."""
+
+    MOVED = {"agents.policy": "agents.sb3.policy", "agents.q_policy": "agents.sb3.q_policy",
+             "agents.buffers": "agents.sb3.buffers"}
+
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in self.MOVED else None
+
+    def create_module(self, spec):
+        return importlib.import_module(self.MOVED[spec.name])
+
+    def exec_module(self, module) -> None:
+        pass  # the module it stands for ran already
+
+
+if not any(isinstance(finder, MovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(MovedModules())

@@ -6,46 +6,9 @@ text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-Gue
 never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
 
-from gymnasium.envs.registration import register, registry
+import importlib
 
-from lm_gym.adapters import ReasoningGymReward, TextArenaEnv, reasoning_gym_prompts
-from lm_gym.arithmetic import ARITHMETIC_MODEL, ArithmeticEnv, arithmetic_problems
-from lm_gym.env import TextGenEnv
-from lm_gym.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from lm_gym.multiturn import MultiTurnEnv, TextEnv, make_text_env
-from lm_gym.multiturn_vector import MultiTurnVecEnv
-from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
-from lm_gym.rewards import (
-    REWARDS,
-    BleuReward,
-    ClassifierReward,
-    ExactMatchReward,
-    FunctionReward,
-    KeywordReward,
-    LengthReward,
-    RegexReward,
-    Reward,
-    RougeReward,
-    SentimentReward,
-    TargetWordReward,
-    make_reward,
-    register_reward,
-)
-from lm_gym.suite import SuiteTask, suite, suite_task
-from lm_gym.tasks import (
-    CALCULATOR_MODEL,
-    GRID_WORLD_MODEL,
-    GUESS_NUMBER_MODEL,
-    Calculator,
-    CalculatorEnv,
-    GridWorld,
-    GridWorldEnv,
-    GuessNumber,
-    GuessNumberEnv,
-)
-from lm_gym.turns import TurnCodec
-from lm_gym.gymnasium_vector import TextGenVectorEnv
-from lm_gym.vector import BatchedRewardVecEnv, TextGenVecEnv, make_vec_env
+from gymnasium.envs.registration import register, registry
 
 __version__ = "0.5.0"  # see CHANGELOG.md
 
@@ -67,12 +30,40 @@ for _env_id, _entry_point in ENV_IDS.items():
     if _env_id not in registry:
         register(id=_env_id, entry_point=_entry_point, vector_entry_point=VECTOR_ENTRY_POINTS.get(_env_id))
 
-__all__ = [
-    "ARITHMETIC_MODEL", "ArithmeticEnv", "CALCULATOR_MODEL", "Calculator", "CalculatorEnv", "GRID_WORLD_MODEL",
-    "GridWorld", "GridWorldEnv", "SuiteTask", "suite", "suite_task", "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "MultiTurnEnv", "MultiTurnVecEnv", "ReasoningGymReward", "TextArenaEnv",
-    "TextEnv", "TextGenVectorEnv", "TurnCodec", "make_text_env", "reasoning_gym_prompts", "BatchedRewardVecEnv", "BleuReward", "ClassifierReward", "DEFAULT_MODEL",
-    "DEFAULT_PROMPTS", "ExactMatchReward", "FunctionReward", "HELDOUT_PROMPTS", "KeywordReward", "LengthReward",
-    "Prompt", "REWARDS", "RegexReward", "Reward", "RougeReward", "SentimentReward", "TargetWordReward", "TextGenEnv",
-    "TextGenVecEnv", "arithmetic_problems", "dataset_prompts", "load_causal_lm", "load_prompts", "load_tokenizer",
-    "make_reward", "make_vec_env", "register_reward", "split_prompts",
-]
+# The public API and the module that defines each name. They are imported on first use (PEP 562), so that
+# ``import lm_gym`` registers the envs without loading torch and transformers (the CLI's --help answers at once).
+EXPORTS = {
+    "lm_gym.adapters": ["ReasoningGymReward", "TextArenaEnv", "reasoning_gym_prompts"],
+    "lm_gym.arithmetic": ["ARITHMETIC_MODEL", "ArithmeticEnv", "arithmetic_problems"],
+    "lm_gym.env": ["TextGenEnv"],
+    "lm_gym.gymnasium_vector": ["TextGenVectorEnv"],
+    "lm_gym.models": ["DEFAULT_MODEL", "load_causal_lm", "load_tokenizer"],
+    "lm_gym.multiturn": ["MultiTurnEnv", "TextEnv", "make_text_env"],
+    "lm_gym.multiturn_vector": ["MultiTurnVecEnv"],
+    "lm_gym.prompts": ["DEFAULT_PROMPTS", "HELDOUT_PROMPTS", "Prompt", "dataset_prompts", "load_prompts",
+                       "split_prompts"],
+    "lm_gym.rewards": ["REWARDS", "BleuReward", "ClassifierReward", "ExactMatchReward", "FunctionReward",
+                       "KeywordReward", "LengthReward", "RegexReward", "Reward", "RougeReward", "SentimentReward",
+                       "TargetWordReward", "make_reward", "register_reward"],
+    "lm_gym.task_suite": ["SuiteTask", "suite", "suite_task"],
+    "lm_gym.tasks": ["CALCULATOR_MODEL", "GRID_WORLD_MODEL", "GUESS_NUMBER_MODEL", "Calculator", "CalculatorEnv",
+                     "GridWorld", "GridWorldEnv", "GuessNumber", "GuessNumberEnv"],
+    "lm_gym.turns": ["TurnCodec"],
+    "lm_gym.vector": ["BatchedRewardVecEnv", "TextGenVecEnv", "make_vec_env"],
+}
+_MODULE_OF = {name: module for module, names in EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lm_gym' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

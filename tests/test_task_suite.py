@@ -13,7 +13,8 @@ import lm_gym
 from agents.sb3.algorithms import ALGORITHMS
 from agents import LMActorCriticPolicy, sample_episodes
 from agents.runs.cli import main
-from agents.runs.config import DEFAULT_KL_COEF, DEFAULT_STEPS, TASKS, TrainConfig
+from agents.runs.config import DEFAULT_KL_COEF, DEFAULT_STEPS, TrainConfig
+from agents.runs.tasks import TASKS
 from lm_gym.tasks.calculator import HELD_OUT_PROBLEMS, Calculator, calculate, problems, tool_use_turns
 from lm_gym.tasks.grid_world import (HELD_OUT_LAYOUTS, MOVE_COST, GridWorld, layouts, optimal_moves, optimal_return,
                                      shortest_paths, way_to_goal)

@@ -30,11 +30,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
 
 from agents.random_streams import random_streams, set_random_streams
+from agents.runs.errors import CheckpointError
 from agents.sb3.kl import KLPenaltyCallback
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupted or does not fit the run's configuration."""
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

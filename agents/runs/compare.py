@@ -29,7 +29,7 @@ from agents.runs.progress import LearningCurve, Observer
 from agents.runs.samples import sample_episodes, summarize
 from agents.runs.train import RLLIB_ONLY, TrainConfig, make_eval_env, make_trainer, new_run_dir, resolve_algorithm
 from agents.runs.watchdog import StallWatchdog
-from lm_gym.suite import SuiteTask, suite_task
+from lm_gym.task_suite import SuiteTask, suite_task
 
 
 def run_one(config: TrainConfig, every: int, report: Observer | None = None, initial: bool = False) -> dict:

@@ -1,5 +1,6 @@
-"""What defines a run: :class:`TrainConfig` (CLI flags and YAML keys map onto its fields) and the tasks that an env
-id brings (:data:`TASKS`). Both backends and ``lm-gym train/evaluate/compare`` import it; it imports none of them."""
+"""What defines a run: :class:`TrainConfig` (CLI flags and YAML keys map onto its fields). Both backends and
+``lm-gym train/evaluate/compare`` import it; it imports none of them, and at import nothing heavy (no torch, SB3 or
+transformers: ``lm-gym --help`` answers at once). The tasks an env id brings are :mod:`agents.runs.tasks`'."""
 
 from __future__ import annotations
 
@@ -8,25 +9,27 @@ import inspect
 import json
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agents.sb3.algorithms import ALGORITHMS
-from lm_gym.arithmetic import arithmetic_defaults, arithmetic_problems
-from lm_gym.multiturn import HELD_OUT_SEEDS
-from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, dataset_prompts, load_prompts, split_prompts
-from lm_gym.suite import SuiteTask, suite_task
-from lm_gym.tasks.calculator import CALCULATOR_MODEL, HELD_OUT_PROBLEMS, calculator_defaults
-from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, HELD_OUT_LAYOUTS, grid_world_defaults
-from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_GAMES, guess_number_defaults
+from lm_gym import ENV_IDS
 
-# The algorithms of each backend (agents.sb3.ALGORITHMS; agents.rllib.RLLIB_ALGORITHMS, named here so that the
-# CLI works without Ray installed). lm-gym compare names RLlib's PPO "rllib_ppo" to tell it from SB3's.
-BACKENDS = {"sb3": tuple(ALGORITHMS), "rllib": ("ppo", "appo", "impala")}
+if typing.TYPE_CHECKING:
+    from agents.runs.tasks import Task
+    from lm_gym.prompts import Prompt
+    from lm_gym.task_suite import SuiteTask
+
+# The algorithms of each backend (agents.sb3.ALGORITHMS, agents.rllib.RLLIB_ALGORITHMS), named here so that the CLI
+# answers without importing SB3 or Ray (tests check the names against both registries). lm-gym compare names RLlib's
+# PPO "rllib_ppo" to tell it from SB3's.
+BACKENDS = {"sb3": ("ppo", "a2c", "maskable_ppo", "trpo", "grpo", "dr_grpo", "rloo", "reinforce", "dqn", "qrdqn"),
+            "rllib": ("ppo", "appo", "impala")}
+# The tasks an env id names (agents.runs.tasks.TASKS): every registered env but the generic multi-turn one, which
+# needs a text env.
+TASK_IDS = tuple(env_id for env_id in ENV_IDS if env_id != "TextGen-MultiTurn-v0")
 RLLIB_ONLY = ("num_env_runners", "num_envs_per_env_runner", "num_learners", "num_gpus_per_learner", "ray_address")
 
 
@@ -34,94 +37,11 @@ class ConfigTypeError(TypeError):
     """A TrainConfig value of the wrong type (``steps: "a lot"``); the message names the field and the fix."""
 
 
-@dataclass(frozen=True)
-class Task:
-    """What an env id brings to a run, used wherever the config leaves things unset.
-
-    Single-turn tasks (TextGen-v0 and its kin): the LM, reward, token budget and (training, held-out) prompts.
-    Multi-turn tasks (a text env at the token level, :class:`lm_gym.MultiTurnEnv`): the LM, ``env_kwargs(split)``
-    (the ``MultiTurnEnv`` arguments for ``"train"`` or ``"test"``; the text env pays the rewards) and the held-out
-    instances as reset options.
-
-    ``hyperparameters``: the task's own defaults for TrainConfig fields left unset (``steps``, ``kl_coef``, and for
-    the policy-gradient algorithms that take them ``learning_rate``, ``n_steps``, ``batch_size``, ``n_epochs``),
-    tuned so that ``lm-gym train --env ID`` alone closes at least half the gap to the optimum within 10 minutes of
-    a 2-core CPU (see README, "Task suite").
-    """
-
-    model: str | None  # None: the bundled tiny LM
-    reward: str | None = None
-    max_new_tokens: int | None = None
-    train_prompts: Callable[[], list[Prompt]] | None = None
-    held_out_prompts: Callable[[], list[Prompt]] | None = None
-    env_kwargs: Callable[[str], dict[str, Any]] | None = None
-    held_out_instances: Callable[[], list[dict[str, Any]]] | None = None
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def multi_turn(self) -> bool:
-        return self.env_kwargs is not None
-
-
-def _instances(count: int) -> Callable[[], list[dict[str, Any]]]:
-    """The held-out instances of a bundled multi-turn task: each of its ``count`` test instances once per sample."""
-    return lambda: [{"text_env_seed": i} for i in range(count)]
-
-
-TASKS = {
-    "TextGen-v0": Task(None, "sentiment", 16, lambda: load_prompts(DEFAULT_PROMPTS),
-                       lambda: load_prompts(HELDOUT_PROMPTS)),
-    # The env's own defaults (model, reward, max_new_tokens), so the two never disagree.
-    # Tuned (README, "Task suite"): a 3x learning rate with a 5x weaker KL pull and twice the rollout, for 6.7x
-    # the steps; 5e-4 was unstable (0.48 after the same steps).
-    "TextGen-Arithmetic-v0": Task(**arithmetic_defaults(), train_prompts=lambda: arithmetic_problems("train"),
-                                  held_out_prompts=lambda: arithmetic_problems("test"),
-                                  hyperparameters=dict(steps=327_680, learning_rate=3e-4, n_steps=128, kl_coef=0.01)),
-    # A weaker KL pull and twice the rollout; 3e-4 (with either KL) did not learn, RLOO learned less. 196,608
-    # steps close 0.58 of the gap alone (0.50 / 0.60 / 0.52 for seeds 0-2 on one thread) where 131,072 gave
-    # 0.33-0.49; 16 envs, or lr 2e-4 decaying linearly to 0, did no better (README, "Task suite").
-    "TextGen-GuessNumber-v1": Task(str(GUESS_NUMBER_MODEL), env_kwargs=guess_number_defaults,
-                                   held_out_instances=_instances(HELD_OUT_GAMES),
-                                   hyperparameters=dict(steps=196_608, n_steps=128, kl_coef=0.01)),
-    # The registry's defaults learn it (0.29 -> 0.77 held-out in 32,768 steps): only the budget is the task's.
-    "TextGen-Calculator-v0": Task(str(CALCULATOR_MODEL), env_kwargs=calculator_defaults,
-                                  held_out_instances=_instances(HELD_OUT_PROBLEMS),
-                                  hyperparameters=dict(steps=32_768)),
-    # A weaker KL pull, twice the rollout, lr 1.5e-4, 1.5x the steps: 0.554 / 0.538 held-out (seeds 0 / 1) where
-    # the registry's settings at 65,536 steps gave 0.514; lr 2e-4 gave 0.495.
-    "TextGen-GridWorld-v0": Task(str(GRID_WORLD_MODEL), env_kwargs=grid_world_defaults,
-                                 held_out_instances=_instances(HELD_OUT_LAYOUTS),
-                                 hyperparameters=dict(steps=98_304, learning_rate=1.5e-4, n_steps=128, kl_coef=0.01)),
-}
-# Ids of tasks whose game changed (Gymnasium's convention: a new version), and what to use instead.
-RENAMED_TASKS = {"TextGen-GuessNumber-v0": "its game changed in lm-gym 0.4 (ranges of 50 numbers, 6 guesses, splits "
-                                           "over ranges); use TextGen-GuessNumber-v1."}
 # What a run uses where neither the config nor the task's hyperparameters say otherwise.
 DEFAULT_STEPS, DEFAULT_KL_COEF = 49_152, 0.05
 ALGORITHM_HYPERPARAMETERS = ("learning_rate", "n_steps", "batch_size", "n_epochs")
 LR_SCHEDULES = ("constant", "linear")  # "linear": from the learning rate at step 0 to 0 at the run's last step
 TEXT_ENV_PREFIXES = ("gem:", "textarena:")
-HELD_OUT_TEXT_ENV_SEEDS = 32
-
-
-def task_of(env: str) -> Task:
-    """The task of an env id: a key of :data:`TASKS`, or a text env id (``"gem:ID"``, ``"textarena:ID"``) played
-    at the token level with the bundled guess-number LM (byte-level, 512 positions; it knows GEM's guess-the-number
-    format) unless ``model`` says otherwise. A text env id's training episodes draw text-env seeds below
-    ``lm_gym.multiturn.HELD_OUT_SEEDS``; its held-out instances are the 32 seeds from there on."""
-    if env in TASKS:
-        return TASKS[env]
-    if env.startswith(TEXT_ENV_PREFIXES) and env.partition(":")[2]:
-        return Task(str(GUESS_NUMBER_MODEL), env_kwargs=lambda split: dict(text_env=env, max_tokens=512,
-                                                                           max_turn_tokens=32),
-                    held_out_instances=lambda: [{"text_env_seed": HELD_OUT_SEEDS + i}
-                                                for i in range(HELD_OUT_TEXT_ENV_SEEDS)])
-    renamed = RENAMED_TASKS.get(env)
-    if renamed is not None:
-        raise ValueError(f"env={env!r} is no longer available: {renamed}")
-    raise ValueError(f"env={env!r}: choose one of {list(TASKS)}, or a text env id: 'gem:ID' (a GEM env, e.g. "
-                     "'gem:game:GuessTheNumber-v0-easy'; pip install 'lm-gym[gem]') or 'textarena:ID' (a "
-                     "single-player TextArena game, e.g. 'textarena:GuessTheNumber-v0').")
 
 
 def resolve_algorithm(name: str) -> tuple[str, str]:
@@ -141,7 +61,7 @@ class TrainConfig:
     """Everything that defines a run. CLI flags and YAML keys map one to one onto these fields."""
 
     algo: str = "ppo"
-    env: str = "TextGen-v0"  # the task: a key of TASKS or "gem:ID" (see task_of); it fills in the defaults
+    env: str = "TextGen-v0"  # the task: one of TASK_IDS or "gem:ID" (see agents.runs.tasks); it fills in the defaults
     model: str | None = None  # Hugging Face name or path; None: the env's bundled LM
     reward: str | None = None  # None: the env's ("sentiment"; "exact_match" for TextGen-Arithmetic-v0)
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -153,7 +73,7 @@ class TrainConfig:
     eval_split: str | None = None  # held-out split of the same dataset, e.g. "test"
     eval_fraction: float | None = None  # else: hold out this fraction of `prompts` (seeded by `seed`)
     max_new_tokens: int | None = None  # None: the env's (16; 4 for TextGen-Arithmetic-v0)
-    steps: int | None = None  # None: the task's (TASKS[env].hyperparameters), else 49,152
+    steps: int | None = None  # None: the task's (agents.runs.tasks.TASKS[env].hyperparameters), else 49,152
     n_envs: int = 8
     # Algorithm hyperparameters: None keeps the algorithm's default (agents.sb3.algorithms.ALGORITHMS).
     learning_rate: float | None = None
@@ -176,6 +96,7 @@ class TrainConfig:
     device: str = "auto"
     eval_samples: int = 8  # completions per held-out prompt, before and after
     checkpoint_every: int = 8192  # env steps between checkpoints; 0: none
+    keep_checkpoints: int = 3  # the newest N checkpoints are kept, older ones deleted; 0: all
     # Seconds without env steps before the run stops with a checkpoint (None: max(120, 10 x the longest wait so
     # far), 600 before there is one; 0: never). See agents.runs.watchdog.
     stall_timeout: float | None = None
@@ -192,7 +113,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        task = task_of(self.env)
+        task = self.task
         self._apply_hyperparameters(task)
         if task.multi_turn:
             given = [name for name in ("reward", "max_new_tokens", "prompts", "eval_prompts", "eval_fraction",
@@ -230,6 +151,8 @@ class TrainConfig:
         """Fill the unset run fields from the task's tuned hyperparameters, then from the global defaults. The
         algorithm's own (learning rate, rollout size...) go to the policy-gradient algorithms that accept them
         (not TRPO, whose learning_rate is its critic's, nor the off-policy Q-learners)."""
+        from agents.sb3.algorithms import ALGORITHMS
+
         spec = ALGORITHMS.get(self.algo) if self.backend == "sb3" else None
         accepted = inspect.signature(spec.cls.__init__).parameters if spec is not None else {}
         for name, value in task.hyperparameters.items():
@@ -249,11 +172,15 @@ class TrainConfig:
 
     @property
     def task(self) -> Task:
+        from agents.runs.tasks import task_of
+
         return task_of(self.env)
 
     @property
     def suite_task(self) -> SuiteTask | None:
         """The task's entry in :func:`lm_gym.suite` (metric and held-out optimum), or None when it has none."""
+        from lm_gym.task_suite import suite_task
+
         return suite_task(self.env)
 
     @property
@@ -271,6 +198,8 @@ class TrainConfig:
             hint = f" algo={self.algo!r} is an {other} algorithm: add --backend {other}." if other else ""
             raise ValueError(f"algo={self.algo!r}: backend {self.backend!r} trains {sorted(algorithms)}.{hint}")
         if self.group_size is not None:
+            from agents.sb3.algorithms import ALGORITHMS
+
             grouped = [name for name, spec in ALGORITHMS.items() if spec.group_size > 1]
             if self.backend != "sb3" or self.algo not in grouped:
                 raise ValueError(f"group_size={self.group_size}: only {', '.join(grouped)} sample groups of "
@@ -294,7 +223,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value}: it must be positive (leave it unset for the default).")
-        for name in ("kl_coef", "eval_samples", "checkpoint_every", "log_samples", "num_learners",
+        for name in ("kl_coef", "eval_samples", "checkpoint_every", "keep_checkpoints", "log_samples", "num_learners",
                      "num_gpus_per_learner", "stall_timeout", "num_env_runners"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -331,6 +260,8 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(asdict(self), sort_keys=False))
 
     def _prompts(self, source: str, split: str) -> list[Prompt]:
+        from lm_gym.prompts import dataset_prompts, load_prompts
+
         if self.prompt_column is not None:
             return dataset_prompts(source, self.prompt_column, split, self.references_column)
         return load_prompts(source)
@@ -348,6 +279,8 @@ class TrainConfig:
         if self.eval_split is not None:
             return train, self._prompts(self.prompts, self.eval_split)
         if self.eval_fraction is not None:
+            from lm_gym.prompts import split_prompts
+
             return split_prompts(train, self.eval_fraction, seed=self.seed)
         return train, task.held_out_prompts()
 

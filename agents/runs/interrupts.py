@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from agents.runs.checkpoints import checkpoint_at
+from agents.runs.errors import RunSaveError
 from agents.runs.watchdog import TrainingStalled, interrupt_main_thread
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -52,10 +52,6 @@ def raised_by_signal(error: BaseException) -> TrainingInterrupted | TrainingStal
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-class RunSaveError(OSError):
-    """Writing a run's files failed (a full disk, a lost mount...); the message names what is still intact."""
 
 
 class StopRequest:
@@ -109,4 +105,6 @@ class StopRequest:
 def stop_at(stop: StopRequest, step: int, directory: Path | None, save: Callable[[], object]) -> NoReturn:
     """Honour ``stop`` at a boundary where a checkpoint resumes exactly: ``save()`` the checkpoint of ``step`` into
     ``directory`` unless the periodic one already is that (None: write none), then raise TrainingInterrupted."""
+    from agents.runs.checkpoints import checkpoint_at  # here: the CLI imports this module before it imports torch
+
     raise TrainingInterrupted(stop.signum, step, None if directory is None else checkpoint_at(directory, step, save))

@@ -24,8 +24,8 @@ from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.held_out_log import log_held_out
 from agents.runs.model_card import write_model_card
 from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
-from agents.runs.config import BACKENDS, RLLIB_ONLY, TASKS, TEXT_ENV_PREFIXES, Task, TrainConfig, read_yaml, \
-    resolve_algorithm, task_of
+from agents.runs.config import BACKENDS, RLLIB_ONLY, TEXT_ENV_PREFIXES, TrainConfig, read_yaml, resolve_algorithm
+from agents.runs.tasks import TASKS, Task, task_of
 from agents.runs.progress import episodes_bar, progress_bar
 from agents.runs.ray_auth import use_token_auth_if_given
 from agents.runs.watchdog import StallWatchdog, TrainingStalled
@@ -35,7 +35,7 @@ from lm_gym.env import TextGenEnv
 from lm_gym.instances import held_out_overlap
 from lm_gym.multiturn import MultiTurnEnv
 from lm_gym.prompts import Prompt
-from lm_gym.suite import SuiteTask
+from lm_gym.task_suite import SuiteTask
 
 __all__ = ["BACKENDS", "RLLIB_ONLY", "TASKS", "Task", "TrainConfig", "make_eval_env", "make_trainer", "new_run_dir",
            "read_yaml", "resolve_algorithm", "task_of", "train"]
