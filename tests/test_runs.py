@@ -105,6 +105,53 @@ def test_returns_logged_after_a_resume_equal_the_uninterrupted_runs(tmp_path):
     assert [e for e in first.episodes if e[0] <= 256] == [e for e in whole.episodes if e[0] <= 256]
 
 
+def test_a_run_without_a_terminal_prints_plain_progress_lines(tmp_path):
+    """nohup, a batch job, CI: the live bar shows nothing until the end, so plain lines come every 10% of the steps
+    (or minute), the last at the end."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    output = StringIO()
+    train(TrainConfig(**SMALL, out=str(tmp_path)), console=Console(file=output, width=200))
+    lines = [line for line in output.getvalue().splitlines() if line.startswith("training: ")]
+    assert len(lines) >= 5 and lines[-1].startswith("training: 384/384 steps (100%)"), lines
+    assert re.match(r"training: \d+/384 steps \(\d+%\), \d+ s, ~\d+ min to go", lines[0]), lines[0]
+    assert any("episode reward" in line for line in lines)
+
+
+def test_plain_progress_lines_come_every_tenth_of_the_steps_or_minute():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from agents.runs.progress import progress_lines
+
+    output, now = StringIO(), [0.0]
+    observe = progress_lines(Console(file=output, width=200), total=1000, clock=lambda: now[0])
+    for step in range(1, 1001):
+        now[0] = step * (2.0 if step > 500 else 0.01)  # slow at the end: a line a minute, not per 10%
+        observe(step, [])
+    steps = [int(line.split()[1].split("/")[0]) for line in output.getvalue().splitlines()]
+    assert steps[:5] == [100, 200, 300, 400, 500] and steps[-1] == 1000
+    slow = steps[5:-1]  # 2 s a step: a line each 60 s, 30 steps apart (10% would be 100)
+    assert len(slow) >= 10 and all(b - a == 30 for a, b in zip(slow, slow[1:])), steps
+
+
+def test_the_newest_checkpoints_are_kept_by_default_and_all_with_keep_checkpoints_0(tmp_path):
+    """The default policy wrote 133 MB for one 163,840-step arithmetic run (20 checkpoints); now the newest 3 stay."""
+    config = dict(SMALL, steps=640, checkpoint_every=64, eval_samples=0)
+    run = train(TrainConfig(**config, out=str(tmp_path / "kept")))
+    assert [p.name for p in checkpoint_dirs(run)] == ["step-000000448", "step-000000512", "step-000000576"]
+    assert not list((run / "checkpoints").glob(".*"))  # no half-deleted or partial leftovers
+    every = train(TrainConfig(**config, keep_checkpoints=0, out=str(tmp_path / "all")))
+    assert len(checkpoint_dirs(every)) == 9
+    with pytest.raises(KeyboardInterrupt):  # a resume continues from the newest kept one
+        train(TrainConfig(**config, out=str(tmp_path / "cut")), callbacks=[Crash(at=600)])
+    (cut,) = (tmp_path / "cut").iterdir()
+    assert train(resume=cut) == cut and (cut / "summary.json").exists()
+
+
 def test_a_linear_lr_schedule_decays_to_zero_over_the_run_and_resumes_where_it_was(tmp_path):
     config = dict(SMALL, learning_rate=1e-3, lr_schedule="linear")
     uninterrupted = train(TrainConfig(**config, out=str(tmp_path / "a")))

@@ -35,7 +35,13 @@ from agents.sb3.kl import KLPenaltyCallback
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir())
+    """A run's checkpoints, oldest first."""
+    return checkpoints_in(Path(run_dir) / "checkpoints")
+
+
+def checkpoints_in(directory: Path) -> list[Path]:
+    """The checkpoints in ``directory``, oldest first (their names sort by step)."""
+    return sorted(p for p in Path(directory).glob("step-*") if p.is_dir())
 
 
 def checkpoint_name(step: int) -> str:
@@ -43,8 +49,9 @@ def checkpoint_name(step: int) -> str:
 
 
 @contextlib.contextmanager
-def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
-    """Yields an empty ``.partial`` directory to write checkpoint ``step`` into; renames it into place after."""
+def atomic_checkpoint(directory: Path, step: int, keep: int = 0) -> Iterator[Path]:
+    """Yields an empty ``.partial`` directory to write checkpoint ``step`` into; renames it into place after, then
+    deletes all but the newest ``keep`` checkpoints (0: keeps all)."""
     final = Path(directory) / checkpoint_name(step)
     if final.exists():
         raise FileExistsError(f"checkpoint {final} exists already; checkpoints are never overwritten.")
@@ -53,6 +60,16 @@ def atomic_checkpoint(directory: Path, step: int) -> Iterator[Path]:
     partial.mkdir(parents=True)
     yield partial
     os.replace(partial, final)  # atomic: the checkpoint appears whole or not at all
+    prune_checkpoints(directory, keep)
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints in ``directory`` (0: none). Called once a new one is whole, so a
+    resumable checkpoint always remains; the deletion of an older one is not atomic, and a crash mid-way leaves it
+    partly deleted: resume takes the newest, which is whole."""
+    if keep > 0:
+        for old in checkpoints_in(directory)[:-keep]:
+            shutil.rmtree(old)
 
 
 def checkpoint_at(directory: Path, step: int, save: Callable[[], object]) -> Path:
@@ -64,8 +81,10 @@ def checkpoint_at(directory: Path, step: int, save: Callable[[], object]) -> Pat
     return checkpoint
 
 
-def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None) -> Path:
-    with atomic_checkpoint(directory, model.num_timesteps) as partial:
+def save_checkpoint(model: BaseAlgorithm, directory: Path, kl: KLPenaltyCallback | None = None, keep: int = 0
+                    ) -> Path:
+    """Checkpoint ``model`` (and the KL controller) in ``directory``, keeping the newest ``keep`` (0: all)."""
+    with atomic_checkpoint(directory, model.num_timesteps, keep) as partial:
         _write_sb3_checkpoint(model, partial, kl)
     return Path(directory) / checkpoint_name(model.num_timesteps)
 
@@ -145,16 +164,17 @@ def load_checkpoint(path: Path, cls: type[BaseAlgorithm], env, device: str = "au
 
 class ResumableCheckpointCallback(BaseCallback):
     """Saves a checkpoint at the first rollout boundary after every ``every`` env steps, with everything that
-    exact resume needs (:func:`save_checkpoint`; SB3's own ``CheckpointCallback`` saves ``model.zip`` only).
+    exact resume needs (:func:`save_checkpoint`; SB3's own ``CheckpointCallback`` saves ``model.zip`` only), and keeps
+    the newest ``keep`` (0: all).
 
     Not named ``CheckpointCallback``, so that it is not taken for SB3's (``save_freq=``, ``save_path=``).
     """
 
-    def __init__(self, directory: Path, every: int, kl: KLPenaltyCallback | None = None):
+    def __init__(self, directory: Path, every: int, kl: KLPenaltyCallback | None = None, keep: int = 0):
         super().__init__()
         if every <= 0:
             raise ValueError(f"checkpoint_every={every}: must be positive (0 turns checkpoints off in train()).")
-        self.directory, self.every, self.kl = Path(directory), every, kl
+        self.directory, self.every, self.kl, self.keep = Path(directory), every, kl, keep
         self.saved: list[Path] = []
 
     def _on_training_start(self) -> None:
@@ -162,7 +182,7 @@ class ResumableCheckpointCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         if self.num_timesteps >= self.next_step:
-            self.saved.append(save_checkpoint(self.model, self.directory, self.kl))
+            self.saved.append(save_checkpoint(self.model, self.directory, self.kl, self.keep))
             self.next_step = (self.num_timesteps // self.every + 1) * self.every
 
     def _on_step(self) -> bool:

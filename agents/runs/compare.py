@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.runs.interrupts import StopRequest
-from agents.runs.progress import LearningCurve, Observer
+from agents.runs.progress import LearningCurve, Observer, progress_lines
 from agents.runs.samples import sample_episodes, summarize
 from agents.runs.train import RLLIB_ONLY, TrainConfig, make_eval_env, make_trainer, new_run_dir, resolve_algorithm
 from agents.runs.watchdog import StallWatchdog
@@ -111,6 +111,8 @@ def compare(algos: Sequence[str], seeds: int, envs: Sequence[str] = ("TextGen-v0
                     bar = progress.add_task(label, total=config.steps)
                     report = lambda n, returns, t=bar, total=config.steps: progress.update(  # noqa: E731
                         t, completed=min(n, total))
+                    if not console.is_terminal:  # no live bars to see: plain lines as the run goes
+                        report = progress_lines(console, config.steps, description=label)
                     result = run_one(dataclasses.replace(config, seed=seed), every or max(config.steps // 20, config.n_envs),
                                      report, initial=suite and initial is None)
                     initial = result.pop("initial", initial)

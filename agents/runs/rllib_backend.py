@@ -165,7 +165,7 @@ class RLlibTrainer:
                     watchdog.resume()
 
     def _checkpoint(self) -> None:
-        with atomic_checkpoint(self.run_dir / "checkpoints", self._steps) as partial:
+        with atomic_checkpoint(self.run_dir / "checkpoints", self._steps, self.config.keep_checkpoints) as partial:
             self.algorithm.save_to_path(str((partial / "algorithm").resolve()))
             # RLlib's checkpoint leaves it out. Env runners that do not answer (a stall) leave it out too: the
             # resumed run then restarts their random streams (and says so).

@@ -93,7 +93,8 @@ class SB3Trainer:
         if self.advantage is not None:  # after KL shaping, whose GAE it replaces
             own.append(self.advantage)
         if self.run_dir is not None and self.config.checkpoint_every:
-            own.append(ResumableCheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl))
+            own.append(ResumableCheckpointCallback(self.run_dir / "checkpoints", self.config.checkpoint_every, self.kl,
+                                                   self.config.keep_checkpoints))
         if stop is not None:  # after the periodic checkpoint, which it reuses when both fall on one step
             own.append(StopCallback(stop, self.run_dir and self.run_dir / "checkpoints", self.kl))
         if watchdog is not None:  # last: its clock restarts after the checkpoint written at a rollout's start
