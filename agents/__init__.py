@@ -74,3 +74,8 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(finder, MovedModules) for finder in sys.meta_path):
     sys.meta_path.append(MovedModules())
+
+# "LMPolicy" is registered on SB3's classes by importing agents.sb3 (any name from it does). Where SB3 is loaded
+# already, as when RL Baselines3 Zoo imports its --gym-packages, `import agents` registers it too.
+if "stable_baselines3" in sys.modules:
+    importlib.import_module("agents.sb3")

@@ -87,9 +87,6 @@ def register_policy_aliases() -> None:
         cls.policy_aliases = {**cls.policy_aliases, POLICY_ALIAS: policy, policy.__name__: policy}
 
 
-register_policy_aliases()
-
-
 def make_algorithm(name: str, env: VecEnv, model: str | None = None, seed: int | None = None, device: str = "auto",
                    verbose: int = 0, **overrides: Any) -> BaseAlgorithm:
     """Build algorithm ``name`` on ``env`` with the LM ``model``; ``overrides`` replace its defaults."""
