@@ -2,8 +2,9 @@
 
 Importing the package registers ``"TextGen-v0"``, ``"TextGen-Arithmetic-v0"``, ``"TextGen-MultiTurn-v0"`` (any
 text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-GuessNumber-v1"``,
-``"TextGen-Calculator-v0"`` and ``"TextGen-GridWorld-v0"``. :func:`suite` lists the tasks with a known optimum. In worker processes that
-never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
+``"TextGen-Calculator-v0"`` and ``"TextGen-GridWorld-v0"``. :func:`suite` lists the tasks with a known optimum.
+In worker processes that never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id
+``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
 
 import importlib

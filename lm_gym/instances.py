@@ -6,8 +6,8 @@ instances under both, so its held-out score measures training instances. An inst
 holds after ``reset(seed)``: its plain state (numbers, short strings and containers of them, a few attributes deep;
 random generators, other objects and prose, the messages a text env keeps, are left out), less what differs between
 two resets to the same seed (histories that grow across episodes, counters, clocks). Where that state is the same
-for every seed (a text env that keeps its instance elsewhere), by its first message instead. The first message alone would overcount: GEM words the same
-game differently from seed to seed.
+for every seed (a text env that keeps its instance elsewhere), by its first message instead. The first message
+alone would overcount: GEM words the same game differently from seed to seed.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def test_the_envs_default_window_fits_the_default_policy_and_trains(tmp_path):
     model = PPO(LMActorCriticPolicy, env, n_steps=32, batch_size=32, n_epochs=1, device="cpu", seed=0)
     model.learn(64)
     assert model.num_timesteps == 64
-    with pytest.raises(ValueError, match=r"window of 512 tokens .* \(multi-turn: max_tokens=64 or less, or leave it unset"):
+    with pytest.raises(ValueError, match=r"window of 512 tokens .* \(multi-turn: max_tokens=64 or less, or leave"):
         PPO(LMActorCriticPolicy, MultiTurnEnv(SayWord, max_tokens=512), device="cpu")  # an explicit choice: refused
     GPT2Config(n_positions=1024).save_pretrained(tmp_path)  # a model with more positions: the window is capped
     assert MultiTurnEnv(SayWord, model=str(tmp_path), tokenizer=lm_gym.load_tokenizer()).window == 512

@@ -1,6 +1,6 @@
 """What defines a run: :class:`TrainConfig` (CLI flags and YAML keys map onto its fields). Both backends and
 ``lm-gym train/evaluate/compare`` import it; it imports none of them, and at import nothing heavy (no torch, SB3 or
-transformers: ``lm-gym --help`` answers at once). The tasks an env id brings are :mod:`agents.runs.tasks`'."""
+transformers: ``lm-gym --help`` answers at once). The tasks an env id brings are in :mod:`agents.runs.tasks`."""
 
 from __future__ import annotations
 
@@ -223,8 +223,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value}: it must be positive (leave it unset for the default).")
-        for name in ("kl_coef", "eval_samples", "checkpoint_every", "keep_checkpoints", "log_samples", "num_learners",
-                     "num_gpus_per_learner", "stall_timeout", "num_env_runners"):
+        for name in ("kl_coef", "eval_samples", "checkpoint_every", "keep_checkpoints", "log_samples",
+                     "num_learners", "num_gpus_per_learner", "stall_timeout", "num_env_runners"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name}={value}: it must be 0 or more.")

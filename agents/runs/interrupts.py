@@ -18,7 +18,6 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from agents.runs.errors import RunSaveError
 from agents.runs.watchdog import TrainingStalled, interrupt_main_thread
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

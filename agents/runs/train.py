@@ -23,7 +23,8 @@ from transformers import GenerationConfig
 from agents.runs.checkpoints import CheckpointError, checkpoint_dirs
 from agents.runs.held_out_log import log_held_out
 from agents.runs.model_card import write_model_card
-from agents.runs.interrupts import DISK_FULL, RunSaveError, StopRequest, TrainingInterrupted
+from agents.runs.errors import RunSaveError
+from agents.runs.interrupts import DISK_FULL, StopRequest, TrainingInterrupted
 from agents.runs.config import BACKENDS, RLLIB_ONLY, TEXT_ENV_PREFIXES, TrainConfig, read_yaml, resolve_algorithm
 from agents.runs.tasks import TASKS, Task, task_of
 from agents.runs.progress import episodes_bar, progress_bar
