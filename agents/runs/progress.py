@@ -106,7 +106,9 @@ def progress_lines(console: Console, total: int, done: int = 0, description: str
                 and now - last["time"] < PLAIN_LINE_SECONDS:
             return
         elapsed, rate = now - start, (num_timesteps - done) / max(now - start, 1e-9)
-        to_go = f", ~{(total - num_timesteps) / rate / 60:.0f} min to go" if rate > 0 and not finished else ""
+        seconds_left = (total - num_timesteps) / rate if rate > 0 else None
+        to_go = "" if finished or seconds_left is None else \
+            f", ~{seconds_left:.0f} s to go" if seconds_left < 120 else f", ~{seconds_left / 60:.0f} min to go"
         console.print(f"{description}: {min(num_timesteps, total)}/{total} steps ({num_timesteps / total:.0%}), "
                       f"{elapsed:.0f} s{to_go}" + (f", {reward}" if reward else ""), highlight=False)
         last.update(time=now, steps=num_timesteps)
