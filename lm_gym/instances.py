@@ -21,29 +21,33 @@ from lm_gym.multiturn import HELD_OUT_SEEDS, MultiTurnEnv
 
 PLAIN = (bool, int, float, str, type(None))
 LONGEST_NAME = 64  # longer strings are prose (messages, which GEM and TextArena word differently per seed), left out
+LARGEST_CONTAINER = 1000  # larger lists and dicts are resources (a word list), not an instance's state: left out
 DEPTH = 6  # levels looked into (an adapter's env, a wrapper's env, its state object, its game-state dict, ...)
 
 
-def plain_state(value: Any, depth: int = DEPTH) -> Any:
-    """``value`` reduced to plain, comparable data (see the module docstring); ``None`` stands for what is left out."""
+def plain_state(value: Any, depth: int = DEPTH, within: frozenset[int] = frozenset()) -> Any:
+    """``value`` reduced to plain, comparable data (see the module docstring); ``None`` stands for what is left out.
+    ``within``: the ids of the objects above this one (an object that refers back to one of them is left out)."""
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, str) and len(value) > LONGEST_NAME:
         return None
     if isinstance(value, PLAIN):
         return value
-    if depth == 0:
+    containers = (dict, list, tuple, set, frozenset)
+    if depth == 0 or id(value) in within or (isinstance(value, containers) and len(value) > LARGEST_CONTAINER):
         return None
+    within = within | {id(value)}
     if isinstance(value, dict):
-        return tuple(sorted((str(k), plain_state(v, depth - 1)) for k, v in value.items()))
+        return tuple(sorted((str(k), plain_state(v, depth - 1, within)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
-        return tuple(plain_state(v, depth - 1) for v in value)
+        return tuple(plain_state(v, depth - 1, within) for v in value)
     if isinstance(value, (set, frozenset)):
-        return tuple(sorted(repr(plain_state(v, depth - 1)) for v in value))
+        return tuple(sorted(repr(plain_state(v, depth - 1, within)) for v in value))
     if isinstance(value, np.ndarray) and value.size <= 4096:
         return tuple(value.ravel().tolist())
     if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
-        return plain_state({k: v for k, v in vars(value).items() if not k.startswith("_")}, depth)
+        return plain_state({k: v for k, v in vars(value).items() if not k.startswith("_")}, depth, within)
     return None
 
 

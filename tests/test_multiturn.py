@@ -430,6 +430,19 @@ def test_held_out_seeds_that_repeat_training_instances_are_counted(text_env, see
     assert (overlap.seen_in_training, overlap.distinct_training_instances) == (seen, distinct)
 
 
+def test_an_instance_is_its_plain_state_without_prose_resources_or_cycles():
+    from lm_gym.instances import plain_state
+
+    class Game:
+        pass
+
+    game = Game()
+    game.secret, game.rule, game.words, game.rng = 7, "guess " * 20, [str(i) for i in range(5000)], np.random.default_rng()
+    game.board, game.me = {"rows": [1, 2], "name": "easy"}, game
+    assert plain_state(game) == (("board", (("name", "easy"), ("rows", (1, 2)))), ("me", None), ("rng", None),
+                                 ("rule", None), ("secret", 7), ("words", None))
+
+
 def test_a_run_on_a_game_with_few_instances_says_so_in_its_summary(tmp_path):
     pytest.importorskip("gem")
     from agents.runs.train import TrainConfig, train
