@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from lm_gym.models import ModelRef, start_token_ids, tokenizer_for
 from lm_gym.prompts import Prompt, PromptSource, load_prompts
 from lm_gym.rewards import Reward, make_reward, score
+from lm_gym.vocabulary import check_action, token_id
 
 Observation = dict[str, np.ndarray]
 
@@ -195,20 +195,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
         return Prompt(self.tokenizer.decode(ids[len(self.start_ids):keep]), prompt.references), ids[:keep]
 
     def _token_ids(self, tokens: Sequence[str | int], argument: str) -> list[int]:
-        """Ids of token strings (or ids), with an error that names ``argument`` for unknown ones."""
-        ids = []
-        for token in tokens:
-            if isinstance(token, (int, np.integer)):
-                token_id = int(token) if 0 <= token < len(self.tokenizer) else None
-            else:
-                token_id = self.tokenizer.convert_tokens_to_ids(token)
-                if token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
-                    token_id = None
-            if token_id is None:
-                raise ValueError(f"{argument}: {token!r} is not a token of the vocabulary "
-                                 f"(token strings as the tokenizer spells them, e.g. 'Ġgreat', or ids).")
-            ids.append(token_id)
-        return ids
+        return [token_id(self.tokenizer, token, argument) for token in tokens]
 
     def _stop_ids(self, stop_tokens: Sequence[str] | None) -> frozenset[int]:
         if stop_tokens is None:
@@ -252,16 +239,7 @@ class TextGenEnv(gym.Env[Observation, np.int64]):
 
     def check_action(self, action: Any) -> int:
         """``action`` as a token id, or a ValueError that names the vocabulary's range."""
-        try:
-            token = operator.index(action)  # ints and numpy integers; refuses floats and arrays
-        except TypeError:
-            token = -1
-        if not 0 <= token < self.action_space.n:
-            raise ValueError(
-                f"action={action!r} is not a token id of the vocabulary: expected an integer in "
-                f"[0, {self.action_space.n - 1}] (action_space={self.action_space})."
-            )
-        return token
+        return check_action(action, self.action_space.n)
 
     def start_prompt(self, rng: np.random.Generator, options: dict[str, Any] | None = None) -> tuple[Prompt, list[int]]:
         """The prompt of a new episode and its token ids: ``options["prompt"]`` if given, else one drawn with ``rng``."""

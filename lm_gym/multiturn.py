@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import operator
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from lm_gym.env import Observation, check_render_mode, place_prompt, render_text
 from lm_gym.models import ModelRef, max_positions, tokenizer_for
 from lm_gym.turns import TurnCodec
+from lm_gym.vocabulary import check_action
 
 
 @runtime_checkable
@@ -279,14 +279,8 @@ class MultiTurnEnv(gym.Env[Observation, np.int64]):
     # ----- the phases of a step (TextGenVecEnv-style vector envs call them across envs) -----
 
     def check_action(self, action: Any) -> int:
-        try:
-            token = operator.index(action)
-        except TypeError:
-            token = -1
-        if not 0 <= token < self.action_space.n:
-            raise ValueError(f"action={action!r} is not a token id of the vocabulary: expected an integer in "
-                             f"[0, {self.action_space.n - 1}] (action_space={self.action_space}).")
-        return token
+        """``action`` as a token id, or a ValueError that names the vocabulary's range."""
+        return check_action(action, self.action_space.n)
 
     def add_agent_token(self, token: int) -> bool:
         """Append the agent's token; True when it ends the turn (a turn-end token, or ``max_turn_tokens``)."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from lm_gym.models import start_token_ids
+from lm_gym.vocabulary import token_id
 
 # A fixed base conversation whose renderings bound the slice that a reply adds (any short texts do).
 BASE_CONVERSATION = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
@@ -58,7 +59,8 @@ class TurnCodec:
         template_end, self.after_end_ids = self._template_turn_end() if self.chat else (None, [])
         eos = tokenizer.eos_token_id
         defaults = [i for i in (template_end, eos) if i is not None]
-        ends = defaults if turn_end_tokens is None else [self._token_id(t) for t in turn_end_tokens]
+        ends = defaults if turn_end_tokens is None else [token_id(tokenizer, token, "turn_end_tokens")
+                                                         for token in turn_end_tokens]
         if not ends and not defaults:
             raise ValueError("the tokenizer has no EOS token and no chat template: pass turn_end_tokens=[...], the "
                              "tokens that end an agent turn.")
@@ -113,13 +115,3 @@ class TurnCodec:
                 return token, tail[index + 1:]
         return None, tail
 
-    def _token_id(self, token: str | int) -> int:
-        if isinstance(token, int):
-            if not 0 <= token < len(self.tokenizer):
-                raise ValueError(f"turn_end_tokens: {token} is not a token id of the vocabulary (0..{len(self.tokenizer) - 1}).")
-            return token
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or (token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
-            raise ValueError(f"turn_end_tokens: {token!r} is not a token of the vocabulary (token strings as the "
-                             "tokenizer spells them, e.g. '<|im_end|>', or ids).")
-        return token_id

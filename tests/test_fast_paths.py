@@ -11,7 +11,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer
 import lm_gym
 from agents import EpisodeRolloutBuffer, LMActorCriticPolicy, RolloutKVCache
 from agents.lm import kv_cache
-from agents.lm.forward import continues, forward_plan, next_token_logits
+from agents.lm.forward import forward_plan, growth, next_token_logits
 
 ENV_KWARGS = dict(prompts=["the movie was", "i thought the acting", "honestly , the plot"], max_new_tokens=6)
 
@@ -30,13 +30,13 @@ def collect(model):
     return model.rollout_buffer
 
 
-def test_continues_detects_exactly_one_new_token():
+def test_growth_detects_exactly_one_new_token():
     prev_ids = torch.tensor([[0, 0, 5, 6], [0, 0, 5, 6], [0, 0, 5, 6], [9, 8, 5, 6]])
     prev_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])
     ids = torch.tensor([[0, 5, 6, 7], [0, 5, 9, 7], [0, 0, 5, 6], [8, 5, 6, 7]])
     mask = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])
     # grew by one | a middle token changed | unchanged | full window: the first token fell off
-    assert continues(prev_ids, prev_mask, ids, mask).tolist() == [True, False, False, False]
+    assert growth(prev_ids, prev_mask, ids, mask).tolist() == [1, 0, 0, 0]
 
 
 def test_kv_cached_rollout_equals_the_uncached_rollout():

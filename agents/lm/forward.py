@@ -41,11 +41,6 @@ def growth(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, m
     return torch.where(extends, added, torch.zeros_like(added))
 
 
-def continues(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` bool: row b of ``ids`` is row b of ``prev_ids`` plus exactly one new token (see :func:`growth`)."""
-    return growth(prev_ids, prev_mask, ids, mask) == 1
-
-
 def base_model_class(lm: torch.nn.Module) -> type:
     """The transformers class behind ``lm``: wrappers (peft's ``PeftModel``, :class:`agents.AdaptersDisabled`)
     pass keyword arguments through to the model they wrap, so its signature decides what they take."""
