@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from lm_gym.env import Observation, append_token
 from lm_gym.multiturn import HELD_OUT_SEEDS, MultiTurnEnv
-from lm_gym.vector import GroupSchedule, TokenVecEnv
+from lm_gym.vector_base import GroupSchedule, TokenVecEnv
 
 
 class MultiTurnVecEnv(TokenVecEnv):
@@ -34,8 +34,6 @@ class MultiTurnVecEnv(TokenVecEnv):
             ``env_kwargs`` (:class:`MultiTurnEnv`'s arguments, ``text_env=...`` among them).
         group_size: episodes per group of one instance.
     """
-
-    PER_ENV_METHODS = ("action_masks", "get_state", "set_state", "render")
 
     def __init__(self, num_envs: int, env: MultiTurnEnv | None = None, group_size: int = 1, **env_kwargs: Any):
         template = self.template(MultiTurnEnv, num_envs, env, group_size, env_kwargs)
@@ -83,32 +81,31 @@ class MultiTurnVecEnv(TokenVecEnv):
         for i in self._get_indices(indices):
             setattr(self.envs[i], attr_name, value)
 
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        if method_name not in self.PER_ENV_METHODS:
-            raise AttributeError(f"MultiTurnVecEnv.env_method({method_name!r}): the per-env methods are "
-                                 f"{list(self.PER_ENV_METHODS)}.")
-        results = []
-        for i in self._get_indices(indices):
-            if method_name == "get_state":
-                state = self.envs[i].get_state()
-                if self.group_size > 1:
-                    state.update(group=int(self.episode_group[i]), groups=self.groups.get_state())
-                results.append(state)
-            elif method_name == "set_state":
-                state = method_args[0]
-                self.envs[i].set_state(state)
-                if self.group_size > 1:
-                    self.episode_group[i] = state["group"]
-                    self.groups.set_state(state["groups"])
-                self._write(i, self.envs[i]._observation())
-                self.started = True
-                results.append(None)
-            else:
-                results.append(getattr(self.envs[i], method_name)(*method_args, **method_kwargs))
-        return results
-
     def get_images(self) -> Sequence[np.ndarray | None]:
         return [env.render() if env.render_mode == "rgb_array" else None for env in self.envs]
+
+    # ----- the per-env methods behind env_method -----
+
+    def _env_action_masks(self, i: int) -> np.ndarray:
+        return self.envs[i].action_masks()
+
+    def _env_get_state(self, i: int) -> dict[str, Any]:
+        """Env ``i``'s conversation, text env and RNG (:meth:`MultiTurnEnv.get_state`), and the group schedule."""
+        state = self.envs[i].get_state()
+        if self.group_size > 1:  # the shared schedule rides along with every env's state
+            state.update(group=int(self.episode_group[i]), groups=self.groups.get_state())
+        return state
+
+    def _env_set_state(self, i: int, state: dict[str, Any]) -> None:
+        self.envs[i].set_state(state)
+        if self.group_size > 1:
+            self.episode_group[i] = state["group"]
+            self.groups.set_state(state["groups"])
+        self._write(i, self.envs[i]._observation())
+        self.started = True
+
+    def _env_render(self, i: int) -> str | np.ndarray | None:
+        return self.envs[i].render()
 
     # ----- internals -----
 
