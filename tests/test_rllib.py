@@ -252,8 +252,8 @@ def test_rllib_kl_shaping_keeps_the_policy_closer_to_the_initial_lm(ppo_run, tmp
     assert shaped < 0.5 * free, (shaped, free)
 
 
-def _train_async(algo: str, tmp_path) -> dict:
-    run = train(TrainConfig(backend="rllib", algo=algo, reward="target_word", max_new_tokens=4, steps=12288,
+def _train_async(algo: str, tmp_path, steps: int = 12288) -> dict:
+    run = train(TrainConfig(backend="rllib", algo=algo, reward="target_word", max_new_tokens=4, steps=steps,
                             learning_rate=1e-3, n_steps=32, num_env_runners=2, kl_coef=0.0, checkpoint_every=0,
                             eval_samples=8, out=str(tmp_path)))
     assert (run / "lm" / "model.safetensors").exists()
@@ -262,9 +262,12 @@ def _train_async(algo: str, tmp_path) -> dict:
 
 @RAY
 def test_impala_raises_the_held_out_reward(local_ray, tmp_path):
-    summary = _train_async("impala", tmp_path)
+    # Asynchronous: how much the learner trains per env step depends on how busy the CPU is. Measured at 12,288 steps:
+    # +0.96, +0.98 alone (seeds 0, 1), but +0.31 once under -n 2 while the other worker trained; twice the steps
+    # keep the margin there.
+    summary = _train_async("impala", tmp_path, steps=24576)
     before, after = summary["before"]["reward_mean"], summary["after"]["reward_mean"]
-    assert after > before + 0.4, (before, after)  # measured (seeds 0, 1): +0.96, +0.98
+    assert after > before + 0.4, (before, after)
 
 
 @RAY
