@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -387,6 +389,24 @@ def test_rllib_ppo_raises_a_per_turn_reward_on_a_multi_turn_env(local_ray):
 
 
 # ----- bad input: each error names the argument and the fix -----
+
+
+@RAY
+def test_a_local_run_starts_its_own_ray_where_ray_start_left_a_cluster_address_behind():
+    """`ray start` (and ray.cluster_utils) write the last cluster's address to <temp dir>/ray_current_cluster; a bare
+    ray.init() then joins that cluster and refused the run's num_cpus. The run starts its own local Ray instead."""
+    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        Path(temp_dir, "ray", "ray_current_cluster").parent.mkdir()
+        Path(temp_dir, "ray", "ray_current_cluster").write_text("127.0.0.1:1")  # a cluster that is long gone
+        code = ("import ray; from agents.runs.rllib_backend import start_ray; "
+                "print(start_ray(None), ray.cluster_resources()['CPU'])")
+        started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, "RAY_TMPDIR": temp_dir})
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert started.stdout.split()[-2:] == ["True", f"{float(os.cpu_count())}"]
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_bad_resource_requests_are_refused_before_anything_starts():

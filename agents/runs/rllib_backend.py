@@ -265,7 +265,11 @@ def start_ray(address: str | None) -> bool:
         except ConnectionError as error:
             raise ConnectionError(f"ray_address={address!r}: {error}. {AUTH_ADVICE}") from None
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        # address="local": a new instance always. Without it ray.init() joins the cluster whose address `ray start`
+        # (or ray.cluster_utils) last wrote to <temp dir>/ray_current_cluster, even a stopped one, and then refuses
+        # num_cpus ("When connecting to an existing cluster, num_cpus and num_gpus must not be provided").
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False)
     return True
 
 
