@@ -9,7 +9,8 @@ import torch
 from sb3_contrib import MaskablePPO
 
 import lm_gym
-from agents import GroupAdvantageCallback, LMActorCriticPolicy, MaskableEpisodeRolloutBuffer, sample_episodes, summarize
+from agents import EpisodeRolloutBuffer, GroupAdvantageCallback, LMActorCriticPolicy, MaskableEpisodeRolloutBuffer, \
+    sample_episodes, summarize
 from agents.sb3.algorithms import ALGORITHMS, make_algorithm
 from agents.runs.cli import main
 
@@ -93,11 +94,11 @@ def test_nlpo_rollouts_only_sample_the_nucleus_and_updates_see_the_same_masks():
     model.learn(80)  # one rollout and one update
     buffer = model.rollout_buffer
     assert buffer.action_masks.dtype == bool
-    obs = {k: torch.as_tensor(v) for k, v in buffer.observations.items()}  # flattened by the update
-    actions = torch.as_tensor(buffer.actions).long().flatten()
+    obs = buffer.packed_observations(np.arange(buffer.buffer_size * buffer.n_envs))  # every step, env-major
+    actions = torch.as_tensor(buffer.actions).long().flatten()  # flattened (env-major) by the update
     # The env's stored masks exclude "Ġbad"; the nucleus excludes most of the vocabulary.
     bad = model.env.get_attr("tokenizer")[0].convert_tokens_to_ids("Ġbad")
-    assert not buffer.action_masks[:, bad].any()
+    assert not buffer.action_masks[..., bad].any()
     with torch.no_grad():
         nucleus = model.policy.nlpo(obs, model.action_space.n, cached=False)
     assert nucleus[torch.arange(len(actions)), actions].all()  # every sampled token was in the nucleus
@@ -127,14 +128,15 @@ def test_nlpo_copy_refreshes_every_interval_updates():
     assert "nlpo" not in dict(model.policy.named_children())  # TRPO and the optimizer never see it
 
 
-def test_bool_mask_buffer_is_four_times_smaller_than_sb3_contribs():
+def test_mask_buffer_keeps_a_mask_id_per_step_where_sb3_contrib_keeps_the_vocabulary_in_float32():
     from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
 
     env = lm_gym.TextGenEnv()
     args = (64, env.observation_space, env.action_space)
     ours, stock = MaskableEpisodeRolloutBuffer(*args, n_envs=8), MaskableDictRolloutBuffer(*args, n_envs=8)
     assert ours.action_masks.dtype == bool and stock.action_masks.dtype == np.float32
-    assert stock.action_masks.nbytes == 4 * ours.action_masks.nbytes
+    assert ours.store_bytes() - EpisodeRolloutBuffer.store_bytes(ours) == 64 * 8 * 4
+    assert stock.action_masks.nbytes == 64 * 8 * env.action_space.n * 4
 
 
 def test_compare_writes_curves_table_and_json(tmp_path, cli_error):

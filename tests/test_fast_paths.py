@@ -151,11 +151,11 @@ def distinct_longest_sequences(obs):
     return sum(1 for s in sequences if not any(len(t) > len(s) and t[: len(s)] == s for t in sequences))
 
 
-@pytest.mark.parametrize("buffer_class, max_forwards", [(EpisodeRolloutBuffer, 1 / 3), (DictRolloutBuffer, 2 / 3)])
-def test_shared_forward_update_equals_the_per_token_update(buffer_class, max_forwards):
-    """Episode-ordered minibatches share forwards within each episode; SB3's shuffled single steps share them
-    wherever a minibatch holds several steps of one episode (or identical prompts)."""
-    model = make_ppo(rollout_buffer_class=buffer_class)
+def test_shared_forward_update_equals_the_per_token_update():
+    """SB3's shuffled single steps share forwards wherever a minibatch holds several steps of one episode (or
+    identical prompts). (The episode buffers' packed minibatches: test_token_store.py.)"""
+    max_forwards = 2 / 3
+    model = make_ppo(rollout_buffer_class=DictRolloutBuffer)
     buffer = collect(model)
     batch = next(buffer.get(batch_size=48))
     obs, actions = batch.observations, batch.actions.long().flatten()

@@ -76,11 +76,12 @@ class LMOutput:
 _HIDDEN_FROM_OUTPUT: set[type] = set()  # LM classes whose head is not a called module (see run_lm)
 
 
-def run_lm(lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *,
-           keep: int | None = None, past: Any = None, use_cache: bool = False, hidden: bool = True) -> LMOutput:
+def run_lm(lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, *,
+           keep: int | torch.Tensor | None = None, past: Any = None, use_cache: bool = False, hidden: bool = True) -> LMOutput:
     """One call of a causal LM with the arguments that suit the installed transformers.
 
-    ``keep``: compute logits for the last ``keep`` positions only (where the model supports it).
+    ``keep``: compute logits for the last ``keep`` positions only, or for the columns a 1-D tensor lists (where the
+    model supports it). ``mask=None``: no attention mask (packed rows, see :mod:`agents.lm.packing`).
     ``hidden``: also return the last hidden state, read as the input of the LM head by a forward pre-hook:
     ``output_hidden_states=True`` would collect every layer's states (measured at ~12% of a decode step on
     transformers 5), where the critic needs only the last.
@@ -172,6 +173,7 @@ def next_token_logits(lm: torch.nn.Module, obs: Observation, n_actions: int, pla
                       hidden: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next-token logits and last hidden states of a batch of observations.
 
+    Packed observations (:mod:`agents.lm.packing`, what the episode buffers hand the update) run as packed rows.
     Rows that are prefixes of one another (the steps of one episode, in whatever order) are computed by one
     forward of the longest (:func:`shared_forwards`; pass ``plan=forward_plan(ids, mask, share=False)`` for
     one forward per row): an episode of L steps costs one sequence, not L. Results are equal either way.
@@ -184,6 +186,9 @@ def next_token_logits(lm: torch.nn.Module, obs: Observation, n_actions: int, pla
     Returns:
         logits ``(N, n_actions)`` in float32 and hidden states ``(N, hidden_size)`` (None unless ``hidden``).
     """
+    if "cu_seqlens" in obs:
+        from agents.lm.packing import packed_next_token_logits  # packing builds on this module's run_lm
+        return packed_next_token_logits(lm, obs, n_actions, hidden)
     ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()
     plan = shared_forwards(ids, mask) if plan is None else plan
     roots_ids, roots_mask = trim_padding(ids[plan.roots], mask[plan.roots])

@@ -6,7 +6,7 @@ The penalty subtracted from each token's reward is ``coef * kl`` with ``kl`` fro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -77,25 +77,44 @@ def kl_estimate(log_ratio: np.ndarray, estimator: str) -> np.ndarray:
     return log_ratio if estimator == "k1" else np.expm1(-log_ratio) + log_ratio
 
 
-@torch.no_grad()
-def chosen_log_probs(logits_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], observations: dict[str, np.ndarray],
-                     actions: np.ndarray, device: torch.device | str, batch_size: int = 512) -> np.ndarray:
-    """``log softmax(logits_of(obs))[action]`` for flat arrays of N observations ``(N, W)`` and actions ``(N,)``, in
-    consecutive batches of ``batch_size`` rows (so an episode's steps, kept next to each other, share forwards)."""
-    out = np.empty(len(actions), dtype=np.float32)
-    for start in range(0, len(actions), batch_size):
+Batches = Iterable[tuple[slice | np.ndarray, dict[str, torch.Tensor]]]  # (flat step indices, their observations)
+
+
+def window_batches(observations: dict[str, np.ndarray], device: torch.device | str, batch_size: int = 512) -> Batches:
+    """Consecutive runs of ``batch_size`` rows of flat ``(N, W)`` window arrays, as tensors on ``device`` (an
+    episode's steps, kept next to each other, then share forwards)."""
+    n = len(next(iter(observations.values())))
+    for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
-        obs = {key: torch.as_tensor(np.asarray(value[part]), device=device) for key, value in observations.items()}
-        chosen = torch.as_tensor(np.asarray(actions[part]), device=device).long().view(-1, 1)
+        yield part, {key: torch.as_tensor(np.asarray(value[part]), device=device) for key, value in observations.items()}
+
+
+@torch.no_grad()
+def log_probs_in(logits_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], batches: Batches,
+                 actions: np.ndarray) -> np.ndarray:
+    """``log softmax(logits_of(obs))[action]`` for N flat steps, computed batch by batch (windows or packed
+    episodes: whatever ``logits_of`` takes); ``actions`` ``(N,)``."""
+    actions = np.asarray(actions)
+    out = np.empty(len(actions), dtype=np.float32)
+    for part, obs in batches:
+        chosen = torch.as_tensor(actions[part], device=obs["input_ids"].device).long().view(-1, 1)
         out[part] = logits_of(obs).log_softmax(-1).gather(1, chosen).squeeze(1).float().cpu().numpy()
     return out
 
 
+def chosen_log_probs(logits_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], observations: dict[str, np.ndarray],
+                     actions: np.ndarray, device: torch.device | str, batch_size: int = 512) -> np.ndarray:
+    """:func:`log_probs_in` for flat arrays of N window observations ``(N, W)``."""
+    return log_probs_in(logits_of, window_batches(observations, device, batch_size), actions)
+
+
+def reference_logits(reference: nn.Module, n_actions: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The reference LM's next-token logits of a batch of observations (rows that continue one another, an
+    episode's steps, share one forward; packed episodes run packed: see ``next_token_logits``)."""
+    return lambda obs: next_token_logits(reference, obs, n_actions, hidden=False)[0]
+
+
 def reference_log_probs(reference: nn.Module, observations: dict[str, np.ndarray], actions: np.ndarray,
                         n_actions: int, device: torch.device | str, batch_size: int = 512) -> np.ndarray:
-    """``log q(action | observation)`` under the reference LM, for flat arrays of N observations ``(N, W)``.
-
-    Rows that continue one another (an episode's steps) share one forward (see ``next_token_logits``).
-    """
-    return chosen_log_probs(lambda obs: next_token_logits(reference, obs, n_actions, hidden=False)[0], observations,
-                            actions, device, batch_size)
+    """``log q(action | observation)`` under the reference LM, for flat arrays of N observations ``(N, W)``."""
+    return chosen_log_probs(reference_logits(reference, n_actions), observations, actions, device, batch_size)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from torch import nn
 
 from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments, episode_equivalents, kl_estimate, \
-    reference_log_probs
+    log_probs_in, reference_logits
 from agents.sb3.policy import LMActorCriticPolicy
-from agents.sb3.rollout_log_probs import env_major, policy_log_probs, uses_masks
+from agents.sb3.rollout_log_probs import env_major, observation_batches, policy_log_probs, uses_masks
 
 
 class KLPenaltyCallback(BaseCallback):
@@ -79,16 +80,19 @@ class KLPenaltyCallback(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    def reference_log_probs(self, observations: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
-        """log q(action | observation) under the reference LM for flat arrays of N observations."""
-        return reference_log_probs(self.reference, observations, actions, self.model.action_space.n,
-                                   self.model.policy.device, self.batch_size)
+    def reference_log_probs(self, buffer: RolloutBuffer) -> np.ndarray:
+        """``(n_steps, n_envs)`` log q(action | observation) under the reference LM for a full rollout buffer (packed
+        episodes from an episode buffer, windows from SB3's)."""
+        n_steps, n_envs = buffer.rewards.shape
+        steps = observation_batches(buffer, self.model.policy.device, self.batch_size)
+        log_probs = log_probs_in(reference_logits(self.reference, self.model.action_space.n), steps,
+                                 env_major(buffer.actions).reshape(-1))
+        return log_probs.reshape(n_envs, n_steps).T
 
     def _on_rollout_end(self) -> None:
         buffer, policy = self.model.rollout_buffer, self.model.policy
         n_steps, n_envs = buffer.rewards.shape
-        flat = {key: env_major(value) for key, value in buffer.observations.items()}
-        ref_log_probs = self.reference_log_probs(flat, env_major(buffer.actions).reshape(-1)).reshape(n_envs, n_steps).T
+        ref_log_probs = self.reference_log_probs(buffer)
         log_probs = policy_log_probs(policy, buffer, masked=False) if uses_masks(policy, buffer) else buffer.log_probs
         kl = kl_estimate(log_probs - ref_log_probs, self.estimator)  # log p(a|s) - log q(a|s), per token
         coef = self.coef

@@ -15,6 +15,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from agents.lm.actor_critic import MASKED_LOGIT, LMActorCritic, eos_token_ids, sample_tokens
 from agents.lm.forward import check_token_observation, forward_plan
 from agents.lm.kv_cache import RolloutKVCache
+from agents.lm.packing import is_packed
 from agents.sb3.nlpo import TopPMask
 from lm_gym.models import ModelRef
 
@@ -136,6 +137,8 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         check_token_observation(obs, self.lm)
         if cached:
             return self.logits_and_values(obs, cached=True)
+        if is_packed(obs):  # an episode buffer's minibatch: one forward per packed row of episodes
+            return self.logits_and_values(obs)
         plan = forward_plan(obs["input_ids"], obs["attention_mask"], share=self.group_episodes)
         if torch.is_grad_enabled() and self.group_episodes:
             self.episode_lengths.check_update(len(plan.chain), len(plan.roots))
@@ -205,7 +208,7 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         # last step: the KV cache continues them, and the next rollout's first step finds them cached. SB3 also
         # bootstraps each truncated episode from its terminal observation, one row: that runs outside the cache,
         # which keeps every env's rows for the next step (a cache of one row would make all envs start over).
-        return self._logits_and_values(obs, cached=self.kv_cache.holds_rows_of(obs))[1]
+        return self._logits_and_values(obs, cached=not is_packed(obs) and self.kv_cache.holds_rows_of(obs))[1]
 
 
 class LMTRPOPolicy(LMActorCriticPolicy):

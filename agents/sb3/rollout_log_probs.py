@@ -20,8 +20,8 @@ from stable_baselines3 import A2C
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.lm.kl import chosen_log_probs
-from agents.sb3.buffers import EpisodeBatches
+from agents.lm.kl import Batches, log_probs_in, window_batches
+from agents.sb3.buffers import EpisodeTokenStore, MaskableEpisodeRolloutBuffer
 from agents.sb3.policy import LMActorCriticPolicy
 
 
@@ -31,10 +31,34 @@ def env_major(array: np.ndarray) -> np.ndarray:
     return array.swapaxes(0, 1).reshape(-1, *array.shape[2:])
 
 
-def buffer_masks(buffer: RolloutBuffer) -> np.ndarray | None:
-    """The env's action masks stored in the buffer (MaskablePPO), or None (all tokens allowed)."""
+def observation_batches(buffer: RolloutBuffer, device: torch.device | str, batch_size: int = 512,
+                        batches: list[np.ndarray] | None = None) -> Batches:
+    """A full (not yet flattened) buffer's observations in batches of env-major flat steps (``env * n_steps +
+    step``): packed episodes from an episode buffer (whole episodes per batch), windows from SB3's own buffers.
+    ``batches``: the flat steps of each batch (default: in order, closing at ``batch_size`` steps)."""
+    if isinstance(buffer, EpisodeTokenStore):
+        for part in buffer.in_order_batches(batch_size) if batches is None else batches:
+            yield part, {key: value.to(device) for key, value in buffer.packed_observations(part).items()}
+        return
+    observations = {key: env_major(value) for key, value in buffer.observations.items()}
+    if batches is None:
+        yield from window_batches(observations, device, batch_size)
+        return
+    for part in batches:
+        yield part, {key: torch.as_tensor(value[part], device=device) for key, value in observations.items()}
+
+
+def buffer_masks(buffer: RolloutBuffer, steps: np.ndarray | slice | None = None) -> np.ndarray | None:
+    """The env's action masks stored in the buffer (MaskablePPO) for env-major flat ``steps`` (default: all, as
+    ``(n_steps, n_envs, vocab)``), or None where they allow every token."""
+    if isinstance(buffer, MaskableEpisodeRolloutBuffer):
+        if steps is None:
+            return buffer.action_masks if buffer.restricts_actions else None
+        return buffer.masks_of(steps)
     masks = getattr(buffer, "action_masks", None)
-    return None if masks is None or np.all(masks) else masks
+    if masks is None or np.all(masks):
+        return None
+    return masks if steps is None else env_major(masks)[steps]
 
 
 def uses_masks(policy: LMActorCriticPolicy, buffer: RolloutBuffer) -> bool:
@@ -49,25 +73,18 @@ def policy_log_probs(policy: LMActorCriticPolicy, buffer: RolloutBuffer, masked:
 
     ``masked``: under the masks the update applies (the env's, stored by MaskablePPO, and NLPO's nucleus), as
     ``evaluate_actions`` computes them; else the LM's plain softmax over the whole vocabulary.
-    ``batches`` (masked only): the flat (env-major, ``env * n_steps + step``) rows of each forward; default:
-    consecutive runs of ``batch_size`` rows.
+    ``batches``: the flat (env-major, ``env * n_steps + step``) steps of each forward (see
+    :func:`observation_batches`).
     """
     n_steps, n_envs = buffer.rewards.shape
-    observations = {key: env_major(value) for key, value in buffer.observations.items()}
     actions = env_major(buffer.actions).reshape(-1)
+    steps = observation_batches(buffer, policy.device, batch_size, batches)
     if not masked:
-        out = chosen_log_probs(lambda obs: policy.logits_and_hidden(obs)[0], observations, actions, policy.device,
-                               batch_size)
-        return out.reshape(n_envs, n_steps).T
-    masks = buffer_masks(buffer)
-    masks = None if masks is None else env_major(masks)
+        return log_probs_in(lambda obs: policy.logits_and_hidden(obs)[0], steps, actions).reshape(n_envs, n_steps).T
     out = np.empty(len(actions), dtype=np.float32)
-    if batches is None:
-        batches = [np.arange(start, min(start + batch_size, len(actions))) for start in range(0, len(actions), batch_size)]
-    for part in batches:
-        obs = {key: torch.as_tensor(value[part], device=policy.device) for key, value in observations.items()}
+    for part, obs in steps:
         chosen = torch.as_tensor(actions[part], device=policy.device).long()
-        _, log_prob, _ = policy.evaluate_actions(obs, chosen, None if masks is None else masks[part])
+        _, log_prob, _ = policy.evaluate_actions(obs, chosen, buffer_masks(buffer, part))
         out[part] = log_prob.float().cpu().numpy()
     return out.reshape(n_envs, n_steps).T
 
@@ -97,7 +114,7 @@ class RecomputeLogProbsCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
         batches = None
-        if isinstance(buffer, EpisodeBatches):  # A2C and TRPO's actor step take the whole rollout as one batch
+        if isinstance(buffer, EpisodeTokenStore):  # A2C and TRPO's actor step take the whole rollout as one batch
             first_batch_size = None if isinstance(self.model, (A2C, TRPO)) else self.model.batch_size
             batches = buffer.plan_minibatches(first_batch_size)
         recomputed = policy_log_probs(self.model.policy, buffer, masked=True, batches=batches)
