@@ -29,6 +29,7 @@ transformers.utils.logging.disable_progress_bar()
 SHAPES = {
     "tiny": None,  # the bundled LM: 2 layers x 64, vocabulary 512
     "tiny-1k": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512),  # the bundled shape, 1024 positions
+    "tiny-16k": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=16_448),  # long episodes
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257),  # 124M parameters
     # Qwen2-0.5B's shape (494M parameters: grouped-query attention, 2 KV heads, tied embeddings, 151,936 tokens).
     "qwen2-0.5b": dict(architecture="qwen2", num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
@@ -64,7 +65,8 @@ def model_path(shape: str) -> str:
         torch.manual_seed(0)
         fields = dict(SHAPES[shape])
         config_class, model_class = ARCHITECTURES[fields.pop("architecture", "gpt2")]
-        positions = {"n_positions": 1024} if config_class is GPT2Config else {"max_position_embeddings": 1024}
+        positions = {"n_positions": fields.pop("n_positions", 1024)} if config_class is GPT2Config else {
+            "max_position_embeddings": 1024}
         config = config_class(**positions, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
                               **fields)
         model_class(config).save_pretrained(path)

@@ -21,7 +21,6 @@ import statistics
 import numpy as np
 import torch
 
-from agents.sb3.buffers import EpisodeBatches
 from agents.lm.forward import position_ids
 from harness import PATHS, add_shape_arguments, build_ppo, collect_once, dtype_kwargs, machine, median_seconds
 
@@ -34,10 +33,20 @@ def minibatch_count(model) -> int:
     return -(-buffer.buffer_size * buffer.n_envs // model.batch_size)
 
 
+def episode_segments(buffer) -> list[np.ndarray]:
+    """Flat (env-major: ``env * n_steps + step``) indices of each episode's steps, from the buffer's episode starts."""
+    starts = buffer.episode_starts.astype(bool)
+    segments = []
+    for env in range(buffer.n_envs):
+        cuts = np.flatnonzero(starts[1:, env]) + 1
+        segments.extend(env * buffer.buffer_size + steps for steps in np.split(np.arange(buffer.buffer_size), cuts))
+    return segments
+
+
 def limit_step(model, minibatches: int):
     """Forward + backward + Adam over the rollout's episodes as whole sequences, in ``minibatches`` minibatches."""
     buffer = model.rollout_buffer
-    segments = EpisodeBatches.episode_segments(buffer)  # flat (env-major) indices of each episode's steps
+    segments = episode_segments(buffer)  # flat (env-major) indices of each episode's steps
     observations = {key: (value.swapaxes(0, 1).reshape(-1, value.shape[-1]) if value.shape[:2] ==
                           (buffer.buffer_size, buffer.n_envs) else value) for key, value in buffer.observations.items()}
     actions = buffer.actions.swapaxes(0, 1).reshape(-1) if buffer.actions.shape[:2] == (
@@ -83,7 +92,7 @@ def measure(path_name: str, shape: str, n_envs: int, prompt_tokens: int, new_tok
         train_times.append(median_seconds(model.train, 1, warmup=0))
         limit_times.append(median_seconds(limit, 1, warmup=0))
     return {"train": tokens / statistics.median(train_times), "limit": tokens / statistics.median(limit_times),
-            "minibatches": minibatches, "episodes": len(EpisodeBatches.episode_segments(model.rollout_buffer))}
+            "minibatches": minibatches, "episodes": len(episode_segments(model.rollout_buffer))}
 
 
 def main() -> None:

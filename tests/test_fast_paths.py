@@ -243,3 +243,36 @@ def test_bf16_autocast_trains_without_nan():
     with torch.no_grad():
         obs = {k: torch.as_tensor(v[0]) for k, v in collect(model).observations.items()}
         assert model.policy.get_distribution(obs).distribution.logits.dtype == torch.float32
+
+
+def test_sampling_episodes_through_the_cache_equals_full_forwards_and_holds_ended_rows():
+    """sample_episodes feeds every row at every step to a cached policy: rows of ended episodes are unchanged, and the
+    cache holds them (no new columns, their last logits) while the others grow."""
+    from agents import sample_episodes
+
+    env = lm_gym.TextGenEnv(**ENV_KWARGS)
+    policy = make_ppo().policy
+
+    class Uncached:  # the same policy without the cached path: full forwards of the running rows
+        action_space = policy.action_space
+
+        def __init__(self):
+            self.parameters, self.eval = policy.parameters, lambda: None
+
+        def token_distributions(self, obs):
+            return policy.token_distributions(obs)
+
+    tokens = []
+    hook = policy.lm.register_forward_hook(lambda m, a, kw, out: tokens.append(kw["input_ids"].numel()),
+                                           with_kwargs=True)
+    runs = {}
+    for name, sampler in (("cached", policy), ("full", Uncached())):
+        torch.manual_seed(0)
+        tokens.clear()
+        runs[name] = (sample_episodes(sampler, env, ENV_KWARGS["prompts"] * 4, 2), sum(tokens))
+    hook.remove()
+    (cached, cached_tokens), (full, full_tokens) = runs["cached"], runs["full"]
+    assert [e.completion for e in cached] == [e.completion for e in full]
+    np.testing.assert_allclose([e.reward for e in cached], [e.reward for e in full])
+    assert len({len(e.completion) for e in cached}) > 1  # episodes ended at different steps
+    assert cached_tokens < full_tokens / 2

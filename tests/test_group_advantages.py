@@ -273,3 +273,40 @@ def test_rollout_edges_do_not_favour_short_completions():
     weighted = kept_fraction_by_length(weighted=True)
     assert max(weighted.values()) - min(weighted.values()) < 0.02, weighted
     assert all(abs(f - 1.0) < 0.03 for f in weighted.values()), weighted
+
+
+def used_fraction(budget: int, n_steps: int, rollouts: int = 3) -> float:
+    """``group/used_fraction`` on a real group schedule (n_envs 8, G 4) whose completions run 1/2 to 1 x ``budget``
+    tokens: the share of the rollouts' tokens in complete groups."""
+    venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **{**TOY, "max_new_tokens": budget})
+    eos, other = venv.unwrapped.env.tokenizer.eos_token_id, 5
+    rng = np.random.default_rng(0)
+    venv.reset()
+    planned, length = rng.integers(budget // 2, budget + 1, size=8), np.zeros(8, dtype=int)
+    used, starts_next = [], np.ones(8, dtype=bool)
+    for _ in range(rollouts):
+        starts, ends = np.zeros((n_steps, 8), dtype=bool), np.zeros((n_steps, 8), dtype=bool)
+        groups = np.full((n_steps, 8), -1)
+        for t in range(n_steps):
+            starts[t] = starts_next
+            length += 1
+            _, _, dones, infos = venv.step(np.where(length >= planned, eos, other))
+            ends[t] = dones
+            for env in np.flatnonzero(dones):
+                groups[t, env] = infos[env]["group"]
+                planned[env], length[env] = rng.integers(budget // 2, budget + 1), 0
+            starts_next = dones
+        episodes = complete_episodes(starts, ends)
+        keep, _ = edge_weights(episodes, np.array([groups[steps[-1], env] for env, steps in episodes]), 4, n_steps)
+        used.append(sum(len(steps) for (_, steps), k in zip(episodes, keep) if k) / (n_steps * 8))
+    return float(np.mean(used))
+
+
+@pytest.mark.slow
+def test_group_methods_rollouts_grow_with_long_episodes_and_keep_nine_tenths_of_their_tokens():
+    config = TrainConfig(env="TextGen-v0", algo="grpo", max_new_tokens=1024)
+    assert config.n_steps == 12 * 1024  # the rule for long completions (the store keeps them in O(tokens))
+    assert TrainConfig(env="TextGen-v0", algo="grpo", max_new_tokens=1024, n_steps=2048).n_steps == 2048  # asked
+    assert TrainConfig(env="TextGen-v0", algo="ppo", max_new_tokens=1024).n_steps == 64  # a critic bootstraps
+    assert used_fraction(1024, config.n_steps) >= 0.9
+    assert used_fraction(1024, 4 * 1024) < 0.85  # what a shorter rollout would drop

@@ -1,6 +1,8 @@
 """The token store (EpisodeRolloutBuffer, MaskableEpisodeRolloutBuffer) and the packed update give the numbers of
 SB3's own window buffers on the same rollout, at O(tokens) memory."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,25 @@ def test_token_store_refuses_observations_that_are_not_left_padded():
     obs["attention_mask"][0, -2] = 0  # a hole between real tokens
     with pytest.raises(ValueError, match="left-padded"):
         buffer.add(obs, np.zeros(1), np.zeros(1), np.ones(1), torch.zeros(1), torch.zeros(1))
+
+
+def test_sb3s_window_buffer_warns_past_a_quarter_of_memory_and_is_refused_past_all_of_it(monkeypatch):
+    from agents.sb3 import store_cost
+
+    env = lm_gym.make_vec_env(4, seed=0, **SINGLE_TURN)
+    window = env.observation_space["input_ids"].shape[0]
+    needed = 2 * 64 * 4 * window * 16  # ids and mask, int64, and get()'s copy
+    make = lambda buffer_class: PPO(LMActorCriticPolicy, env, n_steps=64, device="cpu", rollout_buffer_class=buffer_class)
+    monkeypatch.setattr(store_cost, "machine_memory", lambda: 2 * needed)
+    with pytest.warns(UserWarning, match=rf"needs .* GiB .*rollout_buffer_class=EpisodeRolloutBuffer"):
+        make(DictRolloutBuffer)
+    monkeypatch.setattr(store_cost, "machine_memory", lambda: needed - 1)
+    with pytest.raises(MemoryError, match="DictRolloutBuffer keeps a whole observation window per step"):
+        make(DictRolloutBuffer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(EpisodeRolloutBuffer)  # keeps tokens: nothing to say
+    monkeypatch.setattr(store_cost, "machine_memory", lambda: 8 * needed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(DictRolloutBuffer)  # an eighth of the machine: fine

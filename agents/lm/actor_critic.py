@@ -123,15 +123,16 @@ class LMActorCritic:
         return self.value_head(critic_input.to(self.value_head.weight.dtype)).float()
 
     @torch.no_grad()
-    def token_distribution(self, obs: Observation) -> torch.distributions.Categorical:
-        """The next-token distribution (no masks), for sampling completions outside training."""
-        return torch.distributions.Categorical(logits=self.logits_and_values(obs)[0])
+    def token_distribution(self, obs: Observation, cached: bool = False) -> torch.distributions.Categorical:
+        """The next-token distribution (no masks), for sampling completions outside training. ``cached``: through
+        the rollout KV cache (successive calls on the same rows, each grown or unchanged)."""
+        return torch.distributions.Categorical(logits=self.logits_and_values(obs, cached=cached)[0])
 
-    def token_distributions(self, obs: Observation) -> tuple[torch.distributions.Categorical,
-                                                             torch.distributions.Categorical]:
+    def token_distributions(self, obs: Observation, cached: bool = False
+                            ) -> tuple[torch.distributions.Categorical, torch.distributions.Categorical]:
         """(the distribution tokens are sampled from, the one the KL to the reference is taken on): the same
         here; the SB3 policy's differ under NLPO masks."""
-        distribution = self.token_distribution(obs)
+        distribution = self.token_distribution(obs, cached)
         return distribution, distribution
 
     def load_reference_model(self) -> nn.Module:

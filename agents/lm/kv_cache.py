@@ -81,25 +81,33 @@ class RolloutKVCache:
             # A plain DynamicCache: one full-attention layer per model layer, whatever the model's config.
             self.cache, self.key_mask = DynamicCache(), mask.new_zeros(batch, 0)
             added = torch.zeros(batch, dtype=torch.long, device=ids.device)
+            held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         else:
             added = growth(self.ids, self.mask, ids, mask)
-        if (added == 1).all():  # the common step: one new token per row
-            out = self._run(lm, ids[:, -1:], self.key_mask, mask[:, -1:], mask.sum(-1, keepdim=True) - 1, autocast,
-                            hidden)
+            # Rows that did not change (an episode that ended while others run on): their last results stand.
+            held = (ids == self.ids).all(-1) & (mask == self.mask).all(-1)
+        if ((added == 1) | held).all():  # the common step: one new token per row (none in held rows)
+            out = self._run(lm, ids[:, -1:], self.key_mask, mask[:, -1:] * ~held[:, None],
+                            mask.sum(-1, keepdim=True) - 1, autocast, hidden)
         else:
             grown = added > 0
             # Each row runs its new tokens (all of them where it restarted) in the last columns of one call.
-            columns = torch.where(grown, added, mask.sum(-1))
+            columns = torch.where(grown, added, torch.where(held, 0, mask.sum(-1)))
             width = int(columns.max())
-            n_restarted = int((~grown).sum())
+            restarted = ~grown & ~held
+            n_restarted = int(restarted.sum())
             self.rows_restarted += n_restarted
             padding = int((width - columns).sum())  # query columns the call would waste
             limit = MERGE_PADDING_CPU if ids.device.type == "cpu" else MERGE_PADDING_ACCELERATOR
             one_token_growth = bool((added[grown] == 1).all())
             if padding <= limit or not one_token_growth or self.key_mask.shape[1] + 1 < width:
-                out = self._merged_step(lm, ids, mask, grown, columns, width, autocast, hidden)
+                out = self._merged_step(lm, ids, mask, grown | held, columns, width, autocast, hidden)
             else:
-                out = self._split_step(lm, ids, mask, grown, width, autocast, hidden)
+                out = self._split_step(lm, ids, mask, grown, restarted, width, autocast, hidden)
+        if held.any():
+            out.logits[held, -1:] = self.logits[held, None].to(out.logits.dtype)
+            if hidden and out.hidden is not None and self.hidden is not None:
+                out.hidden[held, -1:] = self.hidden[held, None].to(out.hidden.dtype)
         self.ids, self.mask, self.weights_version = ids, mask, weights_version
         self.logits = out.logits[:, -1, :n_actions].float()
         self.hidden, self.hidden_kept = (None, False) if out.hidden is None else (out.hidden[:, -1], True)
@@ -118,22 +126,23 @@ class RolloutKVCache:
         self.cache = out.cache
         return out
 
-    def _merged_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor,
+    def _merged_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor,
                      columns: torch.Tensor, width: int, autocast: Any, hidden: bool) -> LMOutput:
         """Every row runs its last ``columns[b]`` columns (a continuing row its new tokens, a restarted row its whole
-        sequence) inside one call of ``width`` columns; the columns before them are masked."""
+        sequence, a held row none) inside one call of ``width`` columns; the columns before them are masked.
+        ``kept``: the rows whose cached keys stay theirs."""
         step_mask = mask[:, -width:] * (torch.arange(width, device=ids.device)[None, :] >= width - columns[:, None])
-        key_mask = self.key_mask * grown[:, None]  # a restarted row's old keys are not its own any more
+        key_mask = self.key_mask * kept[:, None]  # a restarted row's old keys are not its own any more
         return self._run(lm, ids[:, -width:], key_mask, step_mask, position_ids(mask)[:, -width:], autocast, hidden)
 
-    def _split_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor, width: int,
-                    autocast: Any, hidden: bool) -> LMOutput:
-        """Every row adds one column (its one new token; a masked placeholder in restarted rows), then the restarted
-        rows run on their own and their keys/values overwrite the last ``width`` columns of their rows: two calls, no
-        padded columns."""
-        out = self._run(lm, ids[:, -1:], self.key_mask * grown[:, None], mask[:, -1:] * grown[:, None],
+    def _split_step(self, lm: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, grown: torch.Tensor,
+                    restarted: torch.Tensor, width: int, autocast: Any, hidden: bool) -> LMOutput:
+        """Every row adds one column (its one new token; a masked placeholder in restarted and held rows), then the
+        restarted rows run on their own and their keys/values overwrite the last ``width`` columns of their rows: two
+        calls, no padded columns."""
+        out = self._run(lm, ids[:, -1:], self.key_mask * ~restarted[:, None], mask[:, -1:] * grown[:, None],
                         mask.sum(-1, keepdim=True) - 1, autocast, hidden)
-        rows = (~grown).nonzero().squeeze(1)
+        rows = restarted.nonzero().squeeze(1)
         row_mask = mask[rows, -width:]
         with autocast or contextlib.nullcontext():
             fresh = run_lm(lm, ids[rows, -width:], row_mask, position_ids(row_mask), keep=1, use_cache=True,

@@ -27,13 +27,14 @@ from agents.lm.kl import KL_HORIZON, AdaptiveKLController, check_kl_arguments
 from agents.rllib.kl import KLControllerCallback, KLShaping
 from agents.rllib.log_probs import RecomputeLogProbs
 from agents.rllib.module import LMRLModule
+from agents.rllib.transport import TokenDeltas, TokensToWindows, WindowsFromTokens
 
 ENV_ID = "lm_gym/TextGen-v0"
 
 
 def make_env(env_config: dict[str, Any]):
-    """The env creator RLlib calls on every env runner (its own process): a TextGenEnv from ``env_config``, or a
-    MultiTurnEnv when it names a ``text_env`` (a picklable callable or an id: it travels to the runners)."""
+    """A TextGenEnv from ``env_config``, or a MultiTurnEnv when it names a ``text_env`` (a picklable callable or an id:
+    it travels to the runners)."""
     import lm_gym  # env runners are separate processes that never imported it
 
     env_config = dict(env_config)  # RLlib passes an EnvContext
@@ -42,9 +43,15 @@ def make_env(env_config: dict[str, Any]):
     return lm_gym.TextGenEnv(**env_config)
 
 
+def make_runner_env(env_config: dict[str, Any]) -> TokenDeltas:
+    """The env creator RLlib calls on every env runner (its own process): :func:`make_env`'s env, emitting what each
+    step added instead of its window (:mod:`agents.rllib.transport`)."""
+    return TokenDeltas(make_env(env_config))
+
+
 def register_text_gen_env() -> None:
     """Make ``ENV_ID`` known to Ray (needed before building, and before restoring an Algorithm checkpoint)."""
-    register_env(ENV_ID, make_env)
+    register_env(ENV_ID, make_runner_env)
 
 
 @dataclass(frozen=True)
@@ -118,12 +125,12 @@ def rllib_config(name: str, env_config: dict[str, Any], model_config: dict[str, 
         raise ValueError(f"recompute_log_probs with algo={name!r}: it learns from older policies' samples, and "
                          "V-trace needs their log-probs as they were sampled; only ppo recomputes them.")
     shaping = kl_coef > 0 or kl_target is not None
-    if recompute_log_probs or shaping:
-        training["learner_connector"] = functools.partial(_learner_connectors, recompute=recompute_log_probs,
-                                                          kl_estimator=kl_estimator if shaping else None)
+    training["learner_connector"] = functools.partial(_learner_connectors, recompute=recompute_log_probs,
+                                                      kl_estimator=kl_estimator if shaping else None)
     config = (spec.config_class()
               .environment(ENV_ID, env_config=env_config)
               .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner,
+                           env_to_module_connector=_env_to_module_connectors,
                            rollout_fragment_length="auto" if name == "ppo" else n_steps,
                            sample_timeout_s=SAMPLE_TIMEOUT_S)
               .fault_tolerance(**FAULT_TOLERANCE)
@@ -149,10 +156,15 @@ def check_module_config(model_config: dict[str, Any]) -> None:
                          "(float32 weights, bf16 compute) or LoRA over a dtype='float16' base (frozen, half the memory).")
 
 
+def _env_to_module_connectors(env=None, spaces=None, device=None) -> list[ConnectorV2]:
+    return [WindowsFromTokens()]
+
+
 def _learner_connectors(input_observation_space, input_action_space, recompute: bool, kl_estimator: str | None
                         ) -> list[ConnectorV2]:
-    """lm-gym's learner connectors, in order: the log-prob recompute first (KL shaping reads the log-probs)."""
-    connectors: list[ConnectorV2] = []
+    """lm-gym's learner connectors, in order: the windows rebuilt from the episodes' tokens, the log-prob recompute
+    (KL shaping reads the log-probs), KL shaping."""
+    connectors: list[ConnectorV2] = [TokensToWindows(input_observation_space, input_action_space)]
     if recompute:
         connectors.append(RecomputeLogProbs(input_observation_space, input_action_space))
     if kl_estimator is not None:

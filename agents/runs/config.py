@@ -39,6 +39,8 @@ class ConfigTypeError(TypeError):
 
 # What a run uses where neither the config nor the task's hyperparameters say otherwise.
 DEFAULT_STEPS, DEFAULT_KL_COEF = 49_152, 0.05
+# Group estimators on long episodes: rollouts of ROLLOUT_EPISODES token budgets per env (see _fit_rollouts_to_episodes).
+LONG_EPISODE_TOKENS, ROLLOUT_EPISODES = 128, 12
 ALGORITHM_HYPERPARAMETERS = ("learning_rate", "n_steps", "batch_size", "n_epochs")
 LR_SCHEDULES = ("constant", "linear")  # "linear": from the learning rate at step 0 to 0 at the run's last step
 TEXT_ENV_PREFIXES = ("gem:", "textarena:")
@@ -114,6 +116,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._check_types()
         task = self.task
+        requested_n_steps = self.n_steps
         self._apply_hyperparameters(task)
         if task.multi_turn:
             given = [name for name in ("reward", "max_new_tokens", "prompts", "eval_prompts", "eval_fraction",
@@ -125,6 +128,20 @@ class TrainConfig:
             return
         self.reward = task.reward if self.reward is None else self.reward
         self.max_new_tokens = task.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
+        if requested_n_steps is None:
+            self._fit_rollouts_to_episodes()
+
+    def _fit_rollouts_to_episodes(self) -> None:
+        """Group estimators drop the groups a rollout's edge cuts: a rollout of ``T`` steps keeps about ``1 - L / T``
+        of the tokens of ``L``-token episodes (``group/used_fraction``). For long episodes (a budget of at least
+        :data:`LONG_EPISODE_TOKENS`), rollouts default to :data:`ROLLOUT_EPISODES` budgets per env, which keeps over
+        90%; the episode buffers store them in O(tokens)."""
+        from agents.sb3.algorithms import ALGORITHMS
+
+        spec = ALGORITHMS.get(self.algo) if self.backend == "sb3" else None
+        if spec is None or spec.advantage is None or self.n_steps is None or self.max_new_tokens < LONG_EPISODE_TOKENS:
+            return
+        self.n_steps = max(self.n_steps, ROLLOUT_EPISODES * self.max_new_tokens)
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type (``steps: "a lot"`` or ``n_envs: "8"`` in a YAML file) by its field's

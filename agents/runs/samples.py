@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -50,6 +51,10 @@ def sample_episodes(
     ``progress(n)`` is called with the number of episodes finished so far, after every batch.
     """
     base = env.unwrapped
+    # Policies with a KV cache see every row of a batch at every step (an ended episode's row unchanged, which the
+    # cache holds), so each step feeds only the new tokens; the others see the running rows.
+    sample = getattr(policy, "token_distributions", None) or policy.token_distribution
+    cached = "cached" in inspect.signature(sample).parameters
     jobs = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     episodes: list[Episode] = []
     policy.set_training_mode(False) if hasattr(policy, "set_training_mode") else policy.eval()
@@ -66,16 +71,18 @@ def sample_episodes(
         reference_cache = RolloutKVCache()  # the reference is frozen: its cache never goes stale
         while not done.all():
             active = np.flatnonzero(~done)
-            batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in active]), device=policy_device) for k in obs[0]}
-            if hasattr(policy, "token_distributions"):  # the KL is taken on the unmasked policy (NLPO)
-                distribution, plain = policy.token_distributions(batch)
-            else:
-                distribution = plain = policy.token_distribution(batch)
+            rows = np.arange(len(chunk)) if cached else active
+            batch = {k: torch.as_tensor(np.stack([obs[i][k] for i in rows]), device=policy_device) for k in obs[0]}
+            out = sample(batch, cached=True) if cached else sample(batch)
+            distribution, plain = out if isinstance(out, tuple) else (out, out)  # the KL is on the unmasked policy
+            running = torch.as_tensor(~done[rows], device=distribution.logits.device)
+            distribution = torch.distributions.Categorical(logits=distribution.logits[running])
             actions = distribution.probs.argmax(-1) if deterministic else distribution.sample()
             if reference is not None:
                 ref_logits, _ = reference_cache(reference, batch, policy.action_space.n, weights_version=0, hidden=False)
-                ref_log_probs = ref_logits.log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
-                kls[active] += (plain.log_prob(actions) - ref_log_probs).cpu().numpy()
+                ref_log_probs = ref_logits[running].log_softmax(-1).gather(1, actions.view(-1, 1)).squeeze(1)
+                plain_log_probs = torch.distributions.Categorical(logits=plain.logits[running]).log_prob(actions)
+                kls[active] += (plain_log_probs - ref_log_probs).cpu().numpy()
                 ref_totals[active] += ref_log_probs.cpu().numpy()
             for i, action in zip(active, actions.cpu().numpy()):
                 obs[i], reward, terminated, truncated, _ = envs[i].step(action)

@@ -17,6 +17,7 @@ from agents.lm.forward import check_token_observation, forward_plan
 from agents.lm.kv_cache import RolloutKVCache
 from agents.lm.packing import is_packed
 from agents.sb3.nlpo import TopPMask
+from agents.sb3.store_cost import check_rollout_store, rollout_buffer_being_built
 from lm_gym.models import ModelRef
 
 Masks = np.ndarray | torch.Tensor | None
@@ -98,6 +99,7 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def _build(self, lr_schedule: Schedule) -> None:
+        check_rollout_store(rollout_buffer_being_built())  # SB3's window buffers: say what they will cost, now
         self.build_actor_critic(n_actions=int(self.action_space.n), window=self.observation_space["input_ids"].shape[0],
                                 **self._actor_critic_kwargs)
         self.episode_lengths = EpisodeLengthMonitor(self.kv_cache)
@@ -186,18 +188,19 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         return self._distribution_and_values(obs, action_masks)[0]
 
     @torch.no_grad()
-    def token_distribution(self, obs: PyTorchObs) -> torch.distributions.Categorical:
+    def token_distribution(self, obs: PyTorchObs, cached: bool = False) -> torch.distributions.Categorical:
         """The policy's next-token distribution outside training: NLPO's nucleus mask included."""
-        return self.token_distributions(obs)[0]
+        return self.token_distributions(obs, cached)[0]
 
     @torch.no_grad()
-    def token_distributions(self, obs: PyTorchObs) -> tuple[torch.distributions.Categorical,
-                                                            torch.distributions.Categorical]:
+    def token_distributions(self, obs: PyTorchObs, cached: bool = False
+                            ) -> tuple[torch.distributions.Categorical, torch.distributions.Categorical]:
         """(the distribution tokens are sampled from, NLPO's nucleus applied; the LM's plain softmax, which the
-        KL to the reference is taken on), from one forward."""
-        logits, _ = self._logits_and_values(obs)
+        KL to the reference is taken on), from one forward. ``cached``: through the rollout KV cache (successive
+        calls on the same rows, each grown or unchanged: :func:`agents.sample_episodes`)."""
+        logits, _ = self._logits_and_values(obs, cached=cached)
         plain = torch.distributions.Categorical(logits=logits)
-        masks = self._masks(obs, None, cached=False)
+        masks = self._masks(obs, None, cached=cached)
         if masks is None:
             return plain, plain
         masked = torch.where(masks, logits, torch.tensor(MASKED_LOGIT, dtype=logits.dtype, device=logits.device))
