@@ -72,6 +72,7 @@ def child(path_name: str, length: int) -> dict:
     tokens = length * N_ENVS
     store = buffer.store_bytes() if hasattr(buffer, "store_bytes") else projected_bytes(buffer) // 2
 
+    per_step = window_costs(model)
     lm = model.policy.lm
     tokenizer = lm_gym.load_tokenizer(model_path("tiny-16k"))
     prompts = tokenizer(prompts_of_length(PROMPT_TOKENS, N_ENVS), return_tensors="pt", padding=True,
@@ -94,7 +95,28 @@ def child(path_name: str, length: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
     limit = best_of(2, limit_run)
     return {"store_bytes_per_token": store / tokens, "peak_mib": peak, "rollout_ms": 1e3 * rollout / tokens,
-            "decode_ms": 1e3 * decode / tokens, "update_ms": 1e3 * update / tokens, "limit_ms": 1e3 * limit / tokens}
+            "decode_ms": 1e3 * decode / tokens, "update_ms": 1e3 * update / tokens, "limit_ms": 1e3 * limit / tokens,
+            **per_step}
+
+
+def window_costs(model) -> dict[str, float]:
+    """Microseconds per rollout step (all envs) of what moves whole windows, on the last observations: the vector
+    env's shift and copy (``append_token``, ``_observations``), stock SB3's ``obs_as_tensor`` and the KV cache's
+    prefix proof (``growth``)."""
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    from agents.lm.forward import growth
+    from lm_gym.env import append_token
+
+    obs = {key: value.copy() for key, value in model._last_obs.items()}
+    ids, mask = obs["input_ids"].copy(), obs["attention_mask"].copy()
+    tensors = obs_as_tensor(obs, model.device)
+    prev_ids, prev_mask = tensors["input_ids"].clone(), tensors["attention_mask"].clone()
+    costs = {"shift_us": lambda: append_token(ids, mask, 5),
+             "copy_us": lambda: (ids.copy(), mask.copy()),
+             "obs_as_tensor_us": lambda: obs_as_tensor(obs, model.device),
+             "growth_us": lambda: growth(prev_ids, prev_mask, tensors["input_ids"], tensors["attention_mask"])}
+    return {name: 1e6 * best_of(20, fn) for name, fn in costs.items()}
 
 
 def main() -> None:
@@ -122,14 +144,15 @@ def main() -> None:
             rows.append((length, path_name, result))
             print(f"L={length:>6} {path_name:<11} ({time.perf_counter() - start:.0f} s) {result}", flush=True)
     print(f"\n{'L':>6} | {'path':<11} | {'store B/token':>13} | {'peak MiB':>8} | {'rollout ms/tok (x limit)':>24} | "
-          f"{'update ms/tok (x limit)':>23}")
+          f"{'update ms/tok (x limit)':>23} | window moves per step, us: shift, copy, obs_as_tensor, growth")
     for length, path_name, r in rows:
         if "store_bytes_per_token" not in r:
             print(f"{length:>6} | {path_name:<11} | {next(iter(r.values()))}")
             continue
         print(f"{length:>6} | {path_name:<11} | {r['store_bytes_per_token']:>13,.0f} | {r['peak_mib']:>8,.0f} | "
               f"{r['rollout_ms']:>11.3f} ({r['rollout_ms'] / r['decode_ms']:>5.2f}x) | "
-              f"{r['update_ms']:>10.3f} ({r['update_ms'] / r['limit_ms']:>5.2f}x)")
+              f"{r['update_ms']:>10.3f} ({r['update_ms'] / r['limit_ms']:>5.2f}x) | {r['shift_us']:.0f}, "
+              f"{r['copy_us']:.0f}, {r['obs_as_tensor_us']:.0f}, {r['growth_us']:.0f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ carelessly.
 Offline and reproducible (fixed seeds, one thread), as ``build_grid_world_lm.py``: scripted walks played through the
 multi-turn env itself, the loss on the agent's tokens only, training stopped at the first check where the sampled
 return on the 100 held-out layouts (2 samples each, temperature 1) reaches ``--target`` (default 0.2; the optimum
-averages 0.61, the scripted walker 0.33). The walks are 1,000-2,000 tokens: each step trains on random crops of
-``--crop`` tokens at their true positions (a move depends on the last view and line, and a crop costs a fraction of a
-whole walk's attention), and every check plays whole walks.
+averages 0.61, the scripted walker 0.37). The walks are 1,000-2,000 tokens: the first ``--crop-steps`` steps train on
+random crops of ``--crop`` tokens at their true positions (a move depends on the last view and line, and a crop costs
+a fraction of a whole walk's attention), the rest on whole walks (``--batch-size`` / 8 of them), where the LM learns
+to read a move's context among 2,000 tokens; every check plays whole walks.
 
     python scripts/build_long_grid_world_lm.py            # rewrites lm_gym/assets/long-grid-world-lm
 """
@@ -31,10 +32,11 @@ from lm_gym.tasks.long_grid_world import LONG_GRID_WORLD_MODEL, MAX_TOKENS, long
 
 
 def main() -> None:
-    parser = build_arguments(__doc__, LONG_GRID_WORLD_MODEL, 0.2, "return", 2_000, "scripted walks", check_every=200)
+    parser = build_arguments(__doc__, LONG_GRID_WORLD_MODEL, 0.2, "return", 2_000, "scripted walks", check_every=100)
     parser.add_argument("--skill", type=float, default=0.75, help="the walker's probability of a shortest-path move")
     parser.add_argument("--crop", type=int, default=256, help="tokens per training crop")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-steps", type=int, default=300)
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -53,6 +55,10 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
 
     def batch_loss(step: int) -> torch.Tensor:
+        if step > args.crop_steps:  # whole walks (right-padded: causal attention never reads the padding)
+            index = torch.randint(len(rows), (args.batch_size // 8,), generator=generator)
+            width = int(lengths[index].max())
+            return model(input_ids=data[index, :width], labels=labels[index, :width]).loss
         index = torch.randint(len(rows), (args.batch_size,), generator=generator)
         ends = args.crop + (torch.rand(args.batch_size, generator=generator) * (lengths[index] - args.crop + 1)).long()
         columns = ends[:, None] - args.crop + torch.arange(args.crop)

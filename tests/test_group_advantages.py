@@ -232,21 +232,20 @@ def test_each_estimator_raises_the_held_out_target_word_reward(estimator):
     assert before < 0.1 and after >= 0.3, (before, after)
 
 
-def kept_fraction_by_length(weighted: bool, rollouts: int = 300, n_steps: int = 64) -> dict[int, float]:
-    """The rollout-edge rule on a real group schedule (n_envs 8, G 4): each episode's length is drawn at its start
-    from {1, 2, 16}; returns, per length, the (weighted) share of its episodes that enter the gradient."""
-    venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **{**TOY, "max_new_tokens": 16})
+def group_rollouts(max_new_tokens: int, draw_length, rollouts: int, n_steps: int):
+    """Rollouts of a real group schedule (n_envs 8, G 4) without an LM: each completion's length is ``draw_length()``
+    at its start. Yields, per rollout, the complete episodes, which of them count and their weights (the
+    rollout-edge rule), and the lengths of every episode that ended."""
+    venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **{**TOY, "max_new_tokens": max_new_tokens})
     eos, other = venv.unwrapped.env.tokenizer.eos_token_id, 5
-    rng = np.random.default_rng(0)
     venv.reset()
-    planned = rng.choice([1, 2, 16], size=8)
+    planned = np.array([draw_length() for _ in range(8)])
     length = np.zeros(8, dtype=int)
-    ran = {1: 0, 2: 0, 16: 0}
-    counted = {1: 0.0, 2: 0.0, 16: 0.0}
     starts_next = np.ones(8, dtype=bool)
     for _ in range(rollouts):
         starts, ends = np.zeros((n_steps, 8), dtype=bool), np.zeros((n_steps, 8), dtype=bool)
         groups = np.full((n_steps, 8), -1)
+        ended = []
         for t in range(n_steps):
             starts[t] = starts_next
             length += 1
@@ -254,12 +253,24 @@ def kept_fraction_by_length(weighted: bool, rollouts: int = 300, n_steps: int = 
             ends[t] = dones
             for env in np.flatnonzero(dones):
                 groups[t, env] = infos[env]["group"]
-                ran[int(planned[env])] += 1
-                planned[env], length[env] = rng.choice([1, 2, 16]), 0
+                ended.append(int(planned[env]))
+                planned[env], length[env] = draw_length(), 0
             starts_next = dones
         episodes = complete_episodes(starts, ends)
         ids = np.array([groups[steps[-1], env] for env, steps in episodes])
         keep, weights = edge_weights(episodes, ids, 4, n_steps)
+        yield episodes, keep, weights, ended
+
+
+def kept_fraction_by_length(weighted: bool, rollouts: int = 300, n_steps: int = 64) -> dict[int, float]:
+    """The rollout-edge rule on a real group schedule: each episode's length is drawn at its start from {1, 2, 16};
+    returns, per length, the (weighted) share of its episodes that enter the gradient."""
+    rng = np.random.default_rng(0)
+    ran = {1: 0, 2: 0, 16: 0}
+    counted = {1: 0.0, 2: 0.0, 16: 0.0}
+    for episodes, keep, weights, ended in group_rollouts(16, lambda: rng.choice([1, 2, 16]), rollouts, n_steps):
+        for n in ended:
+            ran[n] += 1
         for (env, steps), k, w in zip(episodes, keep, weights):
             if k:
                 counted[len(steps)] += w if weighted else 1.0
@@ -276,30 +287,12 @@ def test_rollout_edges_do_not_favour_short_completions():
 
 
 def used_fraction(budget: int, n_steps: int, rollouts: int = 3) -> float:
-    """``group/used_fraction`` on a real group schedule (n_envs 8, G 4) whose completions run 1/2 to 1 x ``budget``
-    tokens: the share of the rollouts' tokens in complete groups."""
-    venv = lm_gym.make_vec_env(8, seed=0, group_size=4, **{**TOY, "max_new_tokens": budget})
-    eos, other = venv.unwrapped.env.tokenizer.eos_token_id, 5
+    """``group/used_fraction`` on a real group schedule whose completions run 1/2 to 1 x ``budget`` tokens: the share
+    of the rollouts' tokens in complete groups."""
     rng = np.random.default_rng(0)
-    venv.reset()
-    planned, length = rng.integers(budget // 2, budget + 1, size=8), np.zeros(8, dtype=int)
-    used, starts_next = [], np.ones(8, dtype=bool)
-    for _ in range(rollouts):
-        starts, ends = np.zeros((n_steps, 8), dtype=bool), np.zeros((n_steps, 8), dtype=bool)
-        groups = np.full((n_steps, 8), -1)
-        for t in range(n_steps):
-            starts[t] = starts_next
-            length += 1
-            _, _, dones, infos = venv.step(np.where(length >= planned, eos, other))
-            ends[t] = dones
-            for env in np.flatnonzero(dones):
-                groups[t, env] = infos[env]["group"]
-                planned[env], length[env] = rng.integers(budget // 2, budget + 1), 0
-            starts_next = dones
-        episodes = complete_episodes(starts, ends)
-        keep, _ = edge_weights(episodes, np.array([groups[steps[-1], env] for env, steps in episodes]), 4, n_steps)
-        used.append(sum(len(steps) for (_, steps), k in zip(episodes, keep) if k) / (n_steps * 8))
-    return float(np.mean(used))
+    draw = lambda: int(rng.integers(budget // 2, budget + 1))
+    return float(np.mean([sum(len(steps) for (_, steps), k in zip(episodes, keep) if k) / (n_steps * 8)
+                          for episodes, keep, _, _ in group_rollouts(budget, draw, rollouts, n_steps)]))
 
 
 @pytest.mark.slow

@@ -30,6 +30,12 @@ def growth(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, m
     plus the env's reply at a multi-turn turn end. Then ``prev``'s keys/values are the new row's for those
     tokens (same tokens, same positions, causal attention), and only the added tokens need a forward.
     """
+    if (torch.equal(ids[:, :-1], prev_ids[:, 1:]) and torch.equal(mask[:, :-1], prev_mask[:, 1:])
+            and bool(mask[:, -1].all()) and not bool(prev_mask[:, 0].any())):
+        # The common step, every row one token longer: each row shifted left by one column, only padding fell off.
+        # Three comparisons of contiguous memory instead of the gathers below (at 16k columns they were ~15% of a
+        # rollout step).
+        return torch.ones(len(ids), dtype=torch.long, device=ids.device)
     prev_length, length = prev_mask.sum(-1), mask.sum(-1)
     added = length - prev_length
     columns = torch.arange(ids.shape[1], device=ids.device)

@@ -84,8 +84,10 @@ class RolloutKVCache:
             held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         else:
             added = growth(self.ids, self.mask, ids, mask)
-            # Rows that did not change (an episode that ended while others run on): their last results stand.
-            held = (ids == self.ids).all(-1) & (mask == self.mask).all(-1)
+            held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+            if not bool((added == 1).all()):
+                # Rows that did not change (an episode that ended while others run on): their last results stand.
+                held = (added == 0) & (ids == self.ids).all(-1) & (mask == self.mask).all(-1)
         if ((added == 1) | held).all():  # the common step: one new token per row (none in held rows)
             out = self._run(lm, ids[:, -1:], self.key_mask, mask[:, -1:] * ~held[:, None],
                             mask.sum(-1, keepdim=True) - 1, autocast, hidden)

@@ -87,8 +87,8 @@ class EpisodeTokenStore:
         """Keep what each env's observation added to its sequence (all of it where a sequence starts)."""
         ids, mask = np.asarray(obs["input_ids"]), np.asarray(obs["attention_mask"])
         lengths = mask.sum(1)
-        left_padded = mask == (np.arange(self.window) >= self.window - lengths[:, None])
-        if not left_padded.all():
+        # The layout, checked on a rollout's first step (a wrong env shows it at once; later steps skip the O(window)).
+        if self.pos == 0 and not (mask == (np.arange(self.window) >= self.window - lengths[:, None])).all():
             raise ValueError(f"{type(self).__name__} needs TextGen-v0's observations (left-padded: padding, then "
                              "every real token, the newest last); got an attention_mask with padding between real "
                              "tokens. Use SB3's DictRolloutBuffer for other layouts.")

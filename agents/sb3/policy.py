@@ -46,8 +46,9 @@ class LMActorCriticPolicy(LMActorCritic, MaskableActorCriticPolicy):
         use_kv_cache: during rollouts, reuse each env's keys/values from the previous step (exact: a row
             is only continued when its ids prove it grew by one token).
         group_episodes: in the update, compute every row that is a prefix of another row of the minibatch
-            (the steps of one episode) from one forward of the longer row. Any buffer order benefits;
-            ``rollout_buffer_class=EpisodeRolloutBuffer`` makes it one forward per episode.
+            (the steps of one episode) from one forward of the longer row (SB3's window buffers; any order
+            benefits). ``rollout_buffer_class=EpisodeRolloutBuffer`` hands the update packed episodes instead
+            (:mod:`agents.lm.packing`): one forward per row of packed episodes, whatever this says.
         top_p_mask: NLPO-style masking: allow only the top-p nucleus of a delayed copy of the LM
             (``None``: off). Combined with the env's ``action_masks()`` under MaskablePPO.
         mask_update_interval: updates between refreshes of that delayed copy.
