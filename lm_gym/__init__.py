@@ -2,8 +2,7 @@
 
 Importing the package registers ``"TextGen-v0"``, ``"TextGen-Arithmetic-v0"``, ``"TextGen-MultiTurn-v0"`` (any
 text env, GEM's API, at the token level) and the multi-turn tasks ``"TextGen-GuessNumber-v1"``,
-``"TextGen-Calculator-v0"``, ``"TextGen-GridWorld-v0"`` and ``"TextGen-LongGridWorld-v0"`` (1k-2.5k-token
-episodes). :func:`suite` lists the tasks with a known optimum.
+``"TextGen-Calculator-v0"`` and ``"TextGen-GridWorld-v0"``. :func:`suite` lists the tasks with a known optimum.
 In worker processes that never import ``lm_gym`` (``SubprocVecEnv``), use the module-qualified id
 ``"lm_gym:TextGen-v0"``: gymnasium imports it first.
 """
@@ -22,7 +21,6 @@ ENV_IDS = {
     "TextGen-GuessNumber-v1": "lm_gym.tasks.guess_number:GuessNumberEnv",
     "TextGen-Calculator-v0": "lm_gym.tasks.calculator:CalculatorEnv",
     "TextGen-GridWorld-v0": "lm_gym.tasks.grid_world:GridWorldEnv",
-    "TextGen-LongGridWorld-v0": "lm_gym.tasks.long_grid_world:LongGridWorldEnv",
 }
 # gym.make_vec(..., vectorization_mode="vector_entry_point"): the single-turn envs' batched stepping.
 VECTOR_ENTRY_POINTS = {
@@ -49,9 +47,8 @@ EXPORTS = {
                        "KeywordReward", "LengthReward", "RegexReward", "Reward", "RougeReward", "SentimentReward",
                        "TargetWordReward", "make_reward", "register_reward"],
     "lm_gym.task_suite": ["SuiteTask", "suite", "suite_task"],
-    "lm_gym.tasks": ["CALCULATOR_MODEL", "GRID_WORLD_MODEL", "GUESS_NUMBER_MODEL", "LONG_GRID_WORLD_MODEL",
-                     "Calculator", "CalculatorEnv", "GridWorld", "GridWorldEnv", "GuessNumber", "GuessNumberEnv",
-                     "LongGridWorld", "LongGridWorldEnv"],
+    "lm_gym.tasks": ["CALCULATOR_MODEL", "GRID_WORLD_MODEL", "GUESS_NUMBER_MODEL", "Calculator", "CalculatorEnv",
+                     "GridWorld", "GridWorldEnv", "GuessNumber", "GuessNumberEnv"],
     "lm_gym.turns": ["TurnCodec"],
     "lm_gym.vector": ["BatchedRewardVecEnv", "TextGenVecEnv", "make_vec_env"],
 }

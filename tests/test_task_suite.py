@@ -18,7 +18,6 @@ from agents.runs.tasks import TASKS
 from lm_gym.tasks.calculator import HELD_OUT_PROBLEMS, Calculator, calculate, problems, tool_use_turns
 from lm_gym.tasks.grid_world import (HELD_OUT_LAYOUTS, MOVE_COST, GridWorld, layouts, optimal_moves, optimal_return,
                                      shortest_paths, way_to_goal)
-from lm_gym.tasks.long_grid_world import LongGridWorld
 
 
 def play_text(env: lm_gym.MultiTurnEnv, instance: int, next_turn) -> tuple[float, int]:
@@ -51,7 +50,7 @@ def shortest_path(game: GridWorld) -> str:
 
 
 SOLVERS = {"TextGen-GuessNumber-v1": binary_search, "TextGen-Calculator-v0": tool_use,
-           "TextGen-GridWorld-v0": shortest_path, "TextGen-LongGridWorld-v0": shortest_path}
+           "TextGen-GridWorld-v0": shortest_path}
 
 
 @pytest.mark.parametrize("env_id", list(SOLVERS))
@@ -66,14 +65,11 @@ def test_each_multi_turn_tasks_optimum_is_what_its_solver_scores_on_the_held_out
         assert {t for _, t in played} == {2} and task.optimum == 1.0
     if env_id == "TextGen-GridWorld-v0":
         assert task.optimum == pytest.approx(0.8015)  # 3.97 moves on average
-    if env_id == "TextGen-LongGridWorld-v0":
-        assert task.optimum == pytest.approx(0.6072)  # 19.64 moves on average
 
 
 def test_the_suite_lists_each_task_once_with_its_metric():
     ids = [task.env_id for task in lm_gym.suite()]
-    assert ids == ["TextGen-Arithmetic-v0", "TextGen-GuessNumber-v1", "TextGen-Calculator-v0", "TextGen-GridWorld-v0",
-                   "TextGen-LongGridWorld-v0"]
+    assert ids == ["TextGen-Arithmetic-v0", "TextGen-GuessNumber-v1", "TextGen-Calculator-v0", "TextGen-GridWorld-v0"]
     assert all(task.env_id in TASKS and task.metric and task.solver for task in lm_gym.suite())
     assert lm_gym.suite_task("TextGen-v0") is None  # the sentiment lexicon has no known optimum
 
@@ -151,40 +147,11 @@ def test_grid_world_ends_after_twelve_turns_and_layouts_are_disjoint_and_solvabl
     assert all(2 <= shortest_paths(layout)[layout.start] <= 8 for layout in test)
 
 
-@pytest.mark.parametrize("env_id", ["TextGen-Calculator-v0", "TextGen-GridWorld-v0", "TextGen-LongGridWorld-v0"])
+@pytest.mark.parametrize("env_id", ["TextGen-Calculator-v0", "TextGen-GridWorld-v0"])
 def test_the_new_envs_pass_the_gymnasium_checks_and_register(env_id):
     env = gym.make(env_id)
     check_env(env.unwrapped, skip_render_check=True)
     assert env.action_space.n == len(env.unwrapped.tokenizer)
-
-
-# ----- TextGen-LongGridWorld-v0 -----
-
-def test_long_grid_world_shows_the_map_then_the_view_and_even_its_best_walks_pass_1024_tokens():
-    env = gym.make("TextGen-LongGridWorld-v0", split="test").unwrapped
-    game = env.text_env
-    obs, _ = env.reset(options={"text_env_seed": 0})
-    first = env.tokenizer.decode(obs["input_ids"][obs["attention_mask"] == 1])
-    assert first.startswith("14x14 grid:\n") and first.count("\n") >= 15 and "@" in first and "*" in first
-    reply, reward, terminated, _, _ = game.step("up")
-    view, line = reply.rsplit("\n", 1)
-    assert [len(row) for row in view.split("\n")] == [5] * 5 and view.split("\n")[2][2] == "@"
-    assert line.startswith(f"you {game.position[0]},{game.position[1]}.") and "goal" in line
-    assert reward == -LongGridWorld.move_cost and not terminated
-    lengths = []
-    for seed in range(0, HELD_OUT_LAYOUTS, 10):  # the shortest walks, played at the token level
-        env.reset(options={"text_env_seed": seed})
-        done = False
-        while not done:
-            move = shortest_path(env.text_env)
-            for token in [*env.codec.encode(move), env.codec.end_id]:
-                obs, _, terminated, truncated, info = env.step(token)
-                done = terminated or truncated
-                if info["turn_end"] or done:
-                    break
-        assert env.text_env.position == env.text_env.layout.goal
-        lengths.append(int(obs["attention_mask"].sum()))
-    assert min(lengths) >= 1024 and max(lengths) <= env.observation_space["input_ids"].shape[0], lengths
 
 
 # ----- the bundled LMs start between 0.1 and 0.6 of the optimum -----

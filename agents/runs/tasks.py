@@ -14,7 +14,6 @@ from lm_gym.multiturn import HELD_OUT_SEEDS
 from lm_gym.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, Prompt, load_prompts
 from lm_gym.tasks.calculator import CALCULATOR_MODEL, HELD_OUT_PROBLEMS, calculator_defaults
 from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, HELD_OUT_LAYOUTS, grid_world_defaults
-from lm_gym.tasks.long_grid_world import LONG_GRID_WORLD_MODEL, long_grid_world_defaults
 from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, HELD_OUT_GAMES, guess_number_defaults
 
 
@@ -76,10 +75,6 @@ TASKS = {
     "TextGen-GridWorld-v0": Task(str(GRID_WORLD_MODEL), env_kwargs=grid_world_defaults,
                                  held_out_instances=_instances(HELD_OUT_LAYOUTS),
                                  hyperparameters=dict(steps=98_304, learning_rate=1.5e-4, n_steps=128, kl_coef=0.01)),
-    "TextGen-LongGridWorld-v0": Task(str(LONG_GRID_WORLD_MODEL), env_kwargs=long_grid_world_defaults,
-                                     held_out_instances=_instances(HELD_OUT_LAYOUTS),
-                                     hyperparameters=dict(steps=16_384, learning_rate=1.5e-4, n_steps=128,
-                                                          kl_coef=0.01)),
 }
 # Ids of tasks whose game changed (Gymnasium's convention: a new version), and what to use instead.
 RENAMED_TASKS = {"TextGen-GuessNumber-v0": "its game changed in lm-gym 0.4 (ranges of 50 numbers, 6 guesses, splits "

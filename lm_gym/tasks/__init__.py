@@ -3,9 +3,7 @@
 from lm_gym.tasks.calculator import CALCULATOR_MODEL, Calculator, CalculatorEnv, tool_use_turns
 from lm_gym.tasks.grid_world import GRID_WORLD_MODEL, GridWorld, GridWorldEnv, optimal_moves, optimal_return
 from lm_gym.tasks.guess_number import GUESS_NUMBER_MODEL, GuessNumber, GuessNumberEnv, binary_search_turns
-from lm_gym.tasks.long_grid_world import LONG_GRID_WORLD_MODEL, LongGridWorld, LongGridWorldEnv
 
 __all__ = ["CALCULATOR_MODEL", "Calculator", "CalculatorEnv", "GRID_WORLD_MODEL", "GridWorld", "GridWorldEnv",
-           "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "LONG_GRID_WORLD_MODEL", "LongGridWorld",
-           "LongGridWorldEnv", "binary_search_turns", "optimal_moves",
+           "GUESS_NUMBER_MODEL", "GuessNumber", "GuessNumberEnv", "binary_search_turns", "optimal_moves",
            "optimal_return", "tool_use_turns"]

@@ -33,12 +33,10 @@ class Layout:
     walls: frozenset[Cell]
     start: Cell
     goal: Cell
-    size: int = SIZE  # the grid is size x size
 
     def describe(self) -> str:
         walls = " ".join(f"{x},{y}" for x, y in sorted(self.walls))
-        return (f"{self.size}x{self.size} grid, walls {walls}. you {self.start[0]},{self.start[1]}. "
-                f"{way_to_goal(self, self.start)}")
+        return f"{SIZE}x{SIZE} grid, walls {walls}. you {self.start[0]},{self.start[1]}. {way_to_goal(self, self.start)}"
 
 
 def way_to_goal(layout: Layout, cell: Cell) -> str:
@@ -49,12 +47,12 @@ def way_to_goal(layout: Layout, cell: Cell) -> str:
     return "goal " + " ".join(parts)
 
 
-def neighbours(cell: Cell, walls: frozenset[Cell], size: int = SIZE) -> dict[str, Cell]:
+def neighbours(cell: Cell, walls: frozenset[Cell]) -> dict[str, Cell]:
     """Where each move leads from ``cell``: a wall or the grid's edge leaves the agent where it is."""
     out = {}
     for move, (dx, dy) in MOVES.items():
         x, y = cell[0] + dx, cell[1] + dy
-        out[move] = (x, y) if 0 <= x < size and 0 <= y < size and (x, y) not in walls else cell
+        out[move] = (x, y) if 0 <= x < SIZE and 0 <= y < SIZE and (x, y) not in walls else cell
     return out
 
 
@@ -63,7 +61,7 @@ def shortest_paths(layout: Layout) -> dict[Cell, int]:
     distance, queue = {layout.goal: 0}, collections.deque([layout.goal])
     while queue:
         cell = queue.popleft()
-        for after in neighbours(cell, layout.walls, layout.size).values():  # moves are reversible: the graph is undirected
+        for after in neighbours(cell, layout.walls).values():  # moves are reversible: the graph is undirected
             if after not in distance:
                 distance[after] = distance[cell] + 1
                 queue.append(after)
@@ -73,47 +71,28 @@ def shortest_paths(layout: Layout) -> dict[Cell, int]:
 def optimal_moves(layout: Layout, cell: Cell) -> list[str]:
     """The moves from ``cell`` that lie on a shortest path to the goal."""
     distance = shortest_paths(layout)
-    return [move for move, after in neighbours(cell, layout.walls, layout.size).items()
+    return [move for move, after in neighbours(cell, layout.walls).items()
             if distance.get(after, 1 << 30) == distance[cell] - 1]
 
 
-def optimal_return(layout: Layout, move_cost: float = MOVE_COST) -> float:
-    """The best return of an instance: the goal's 1.0 less ``move_cost`` for each move of the shortest path."""
-    return 1.0 - move_cost * shortest_paths(layout)[layout.start]
-
-
-def path_length(layout: Layout) -> int | None:
-    """The fewest moves from the start to the goal (None: unreachable); a breadth-first search that stops there."""
-    distance, queue = {layout.goal: 0}, collections.deque([layout.goal])
-    while queue:
-        cell = queue.popleft()
-        if cell == layout.start:
-            return distance[cell]
-        for after in neighbours(cell, layout.walls, layout.size).values():
-            if after not in distance:
-                distance[after] = distance[cell] + 1
-                queue.append(after)
-    return None
+def optimal_return(layout: Layout) -> float:
+    """The best return of an instance: the goal's 1.0 less ``MOVE_COST`` for each move of the shortest path."""
+    return 1.0 - MOVE_COST * shortest_paths(layout)[layout.start]
 
 
 @functools.cache
-def layouts(split: str = "train", size: int = SIZE, walls: int = WALLS, distances: tuple[int, int] = (2, MAX_DISTANCE)
-            ) -> tuple[Layout, ...]:
+def layouts(split: str = "train") -> tuple[Layout, ...]:
     """The instances of a split, drawn once from a fixed seed and deduplicated: ``"test"`` holds the first 100,
-    ``"train"`` the 4,000 after them, so no held-out layout is ever trained on. ``size``, ``walls``: the grid's;
-    ``distances``: the shortest paths (in moves) an instance may have."""
+    ``"train"`` the 4,000 after them, so no held-out layout is ever trained on."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}.")
     rng, seen, drawn = random.Random(0), set(), []
-    cells = [(x, y) for x in range(size) for y in range(size)]
+    cells = [(x, y) for x in range(SIZE) for y in range(SIZE)]
     while len(drawn) < HELD_OUT_LAYOUTS + 4000:
-        chosen = rng.sample(cells, walls + 2)
-        layout = Layout(frozenset(chosen[:walls]), chosen[walls], chosen[walls + 1], size)
-        start, goal = layout.start, layout.goal
-        if abs(start[0] - goal[0]) + abs(start[1] - goal[1]) > distances[1]:  # no path is shorter than that
-            continue
-        distance = path_length(layout)
-        if layout not in seen and distance is not None and distances[0] <= distance <= distances[1]:
+        chosen = rng.sample(cells, WALLS + 2)
+        layout = Layout(frozenset(chosen[:WALLS]), chosen[WALLS], chosen[WALLS + 1])
+        distance = shortest_paths(layout).get(layout.start)
+        if layout not in seen and distance is not None and 2 <= distance <= MAX_DISTANCE:
             seen.add(layout)
             drawn.append(layout)
     return tuple(drawn[:HELD_OUT_LAYOUTS] if split == "test" else drawn[HELD_OUT_LAYOUTS:])
@@ -134,11 +113,8 @@ class GridWorld:
     ``success``.
     """
 
-    grid: dict[str, Any] = dict(size=SIZE, walls=WALLS, distances=(2, MAX_DISTANCE))  # the instances' (layouts())
-    move_cost = MOVE_COST
-
     def __init__(self, split: str = "train", max_turns: int = MAX_TURNS):
-        self.split, self.max_turns, self.layouts = split, max_turns, layouts(split, **self.grid)
+        self.split, self.max_turns, self.layouts = split, max_turns, layouts(split)
         self.layout: Layout | None = None
         self.position: Cell = (0, 0)
         self.turn = 0
@@ -147,14 +123,7 @@ class GridWorld:
         index = random.randrange(len(self.layouts)) if seed is None else seed % len(self.layouts)
         self.layout, self.turn = self.layouts[index], 0
         self.position = self.layout.start
-        return self.first_message(), {"optimal_return": optimal_return(self.layout, self.move_cost)}
-
-    def first_message(self) -> str:
-        return self.layout.describe()
-
-    def show(self, reply: str) -> str:
-        """The reply as the agent reads it (here as it is; :class:`lm_gym.tasks.LongGridWorld` adds the map)."""
-        return reply
+        return self.layout.describe(), {"optimal_return": optimal_return(self.layout)}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.layout is None:
@@ -163,17 +132,17 @@ class GridWorld:
         move = next((word for word in action.lower().replace(",", " ").replace(".", " ").split() if word in MOVES), None)
         before = self.position
         if move is not None:
-            self.position = neighbours(self.position, self.layout.walls, self.layout.size)[move]
+            self.position = neighbours(self.position, self.layout.walls)[move]
         success = self.position == self.layout.goal
         info = {"turns": self.turn, "position": self.position, "success": success}
         if success:
-            return "goal", 1.0 - self.move_cost, True, False, info
+            return "goal", 1.0 - MOVE_COST, True, False, info
         way = way_to_goal(self.layout, self.position)
         if move is None:
             reply = f"say up, down, left or right. {way}"
         else:
             reply = f"bump, {way}" if self.position == before else way
-        return self.show(reply), -self.move_cost, self.turn >= self.max_turns, False, info
+        return reply, -MOVE_COST, self.turn >= self.max_turns, False, info
 
 
 class GridWorldEnv(MultiTurnEnv):
