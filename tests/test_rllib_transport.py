@@ -40,10 +40,12 @@ def new_episode(obs, info, env):
                               action_space=env.action_space, len_lookback_buffer=0)
 
 
-def sample(env, steps=60, chunk=7, seed=0):
+def sample(env, steps=60, chunk=7, seed=0, restore_at_cuts=False):
     """What an env runner does: step, call the env-to-module connector after every step, cut running episodes into
     chunks every ``chunk`` steps (as a rollout's end does). Returns the compact chunks, the same chunks with windows
-    (RLlib's transport before), and every window the connector served against the env's own."""
+    (RLlib's transport before), and every window the connector served against the env's own. ``restore_at_cuts``:
+    at every cut, the runner restarts from a checkpoint (a new connector, the wrapper's tokens lost, the episode
+    restored)."""
     env = Recording(env)
     rng = np.random.default_rng(seed)
     connector = WindowsFromTokens(env.observation_space, env.action_space)
@@ -51,7 +53,7 @@ def sample(env, steps=60, chunk=7, seed=0):
     served = []
 
     def serve(episode):
-        batch = connector(rl_module=None, batch={}, episodes=[episode])
+        batch = connector(rl_module=None, batch={}, episodes=[episode])  # the connector at the time of the call
         served.append((list(batch[Columns.OBS].values())[0][-1], env.windows[-1]))
 
     obs, info = env.reset(seed=seed)
@@ -73,6 +75,9 @@ def sample(env, steps=60, chunk=7, seed=0):
                 serve(episode)
             else:
                 episode, windows = episode.cut(), [windows[-1]]
+                if restore_at_cuts:
+                    connector = WindowsFromTokens(env.observation_space, env.action_space)
+                    env.tokens = np.zeros(0, dtype=np.int64)
     return compact, plain, served, env
 
 
@@ -95,9 +100,10 @@ ENVS = {
 }
 
 
+@pytest.mark.parametrize("restored", [False, True], ids=["", "runner restored at every cut"])
 @pytest.mark.parametrize("case", list(ENVS))
-def test_learners_rebuild_every_window_and_kl_shaping_sees_the_same_numbers(case):
-    compact, plain, served, env = sample(ENVS[case]())
+def test_learners_rebuild_every_window_and_kl_shaping_sees_the_same_numbers(case, restored):
+    compact, plain, served, env = sample(ENVS[case](), restore_at_cuts=restored)
     for window, truth in served:  # what the module sampled from on the runner
         for key in truth:
             np.testing.assert_array_equal(window[key], truth[key])

@@ -50,9 +50,7 @@ class TokenDeltas(gym.Wrapper):
 
     def reset(self, **kwargs) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
-        length = int(obs["attention_mask"].sum())
-        info = {**info, PAD: int(obs["input_ids"][0]) if length < self.window else 0}
-        return self.compact(obs, info, None)
+        return self.compact(obs, dict(info), None)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -68,6 +66,8 @@ class TokenDeltas(gym.Wrapper):
         if not (extends and length == known + 1 and tokens[-1] == action):  # more than the action was added
             start = known if extends else 0
             info[TOKENS] = (start, tokens[start:].astype(np.int32))
+            if start == 0:  # a whole observation (a reset, or after a restored env state): its padding id too
+                info[PAD] = int(obs["input_ids"][0]) if length < self.window else 0
         self.tokens = tokens.copy()
         return {"length": np.int32(length)}, info
 
@@ -118,8 +118,13 @@ class WindowsFromTokens(ConnectorV2):
         for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True):
             info = episode.get_infos(-1)
             length = int(episode.get_observations(-1)["length"])
-            if episode.id_ not in self.running or (len(episode) == 0 and episode.t_started == 0):  # a new episode
+            if episode.id_ not in self.running or (len(episode) == 0 and episode.t_started == 0):
+                # A new episode, or one this connector has not seen (its runner was restored from a checkpoint, and
+                # the restored env's first observation comes whole): its tokens from this step.
                 tokens, pad = apply_delta(np.zeros(0, np.int64), length, info, None), int(info.get(PAD, 0))
+                if len(episode) or episode.t_started > 0:  # a chunk's start: what this step extended (the rule)
+                    episode.get_infos(0)[PREFIX] = (tokens[:int(episode.get_observations(0)["length"])]
+                                                    .astype(np.int32), pad)
             else:
                 before, pad = self.running[episode.id_]
                 tokens = apply_delta(before, length, info, int(episode.get_actions(-1))) if len(episode) else before
