@@ -110,8 +110,9 @@ def window_costs(model) -> dict[str, float]:
 
     obs = {key: value.copy() for key, value in model._last_obs.items()}
     ids, mask = obs["input_ids"].copy(), obs["attention_mask"].copy()
+    prev_ids, prev_mask = torch.as_tensor(ids).clone(), torch.as_tensor(mask).clone()
+    append_token(obs["input_ids"], obs["attention_mask"], 5)  # a step: every row one token longer
     tensors = obs_as_tensor(obs, model.device)
-    prev_ids, prev_mask = tensors["input_ids"].clone(), tensors["attention_mask"].clone()
     costs = {"shift_us": lambda: append_token(ids, mask, 5),
              "copy_us": lambda: (ids.copy(), mask.copy()),
              "obs_as_tensor_us": lambda: obs_as_tensor(obs, model.device),

@@ -123,8 +123,11 @@ class RolloutKVCache:
              positions: torch.Tensor, autocast: Any, hidden: bool) -> LMOutput:
         """One LM call of ``step_ids`` on top of the cache; the cache and ``key_mask`` grow by its columns."""
         self.key_mask = torch.cat([key_mask, step_mask], 1)
+        # Every key live (equal-length rows, nothing restarted): no mask, so attention takes its causal kernel, as
+        # generate() does for unpadded prompts, instead of the masked one (at 4k keys: most of a decode step).
+        attend = None if bool(self.key_mask.all()) else self.key_mask
         with autocast or contextlib.nullcontext():
-            out = run_lm(lm, step_ids, self.key_mask, positions, keep=1, past=self.cache, use_cache=True, hidden=hidden)
+            out = run_lm(lm, step_ids, attend, positions, keep=1, past=self.cache, use_cache=True, hidden=hidden)
         self.cache = out.cache
         return out
 
