@@ -19,7 +19,8 @@ import lm_gym  # noqa: E402
 from agents.rllib.kl import KLShaping  # noqa: E402
 from agents.rllib.module import LMRLModule  # noqa: E402
 from agents.rllib.segments import BOOTSTRAP_STEP_ADDED  # noqa: E402
-from agents.rllib.transport import TokenDeltas, TokensToWindows, WindowsFromTokens, window_space  # noqa: E402
+from agents.rllib.transport import TokenDeltas, TokensToWindows, WindowsFromTokens, forget_tokens, \
+    window_space  # noqa: E402
 from test_multiturn import SayWord  # noqa: E402
 
 
@@ -77,7 +78,10 @@ def sample(env, steps=60, chunk=7, seed=0, restore_at_cuts=False):
                 episode, windows = episode.cut(), [windows[-1]]
                 if restore_at_cuts:
                     connector = WindowsFromTokens(env.observation_space, env.action_space)
-                    env.tokens = np.zeros(0, dtype=np.int64)
+                    state = env.unwrapped.get_state()
+                    env.reset()  # what agents.rllib.sampling_state does: a reset, the saved state set back
+                    env.unwrapped.set_state(state)
+                    forget_tokens(env)
     return compact, plain, served, env
 
 
@@ -96,6 +100,9 @@ def with_windows(episode, windows, space):
 
 ENVS = {
     "single-turn": lambda: lm_gym.TextGenEnv(max_new_tokens=16, stop_tokens=[], reward="target_word"),
+    # One prompt: a reset before a restored state shows the wrapper the restored episode's own prompt.
+    "one prompt": lambda: lm_gym.TextGenEnv(prompts=["the movie was"], max_new_tokens=16, stop_tokens=[],
+                                            reward="target_word"),
     "multi-turn replies": lambda: lm_gym.MultiTurnEnv(SayWord, max_tokens=48, max_turn_tokens=4),
 }
 

@@ -23,6 +23,7 @@ import numpy as np
 from ray.rllib.algorithms import Algorithm
 
 from agents.random_streams import random_streams, set_random_streams
+from agents.rllib.transport import forget_tokens
 
 # The SingleAgentEnvRunner attributes its next sample() reads (besides the envs and the random streams).
 RUNNER_ATTRIBUTES = ("_ongoing_episodes", "_ongoing_episodes_for_metrics", "_cached_to_module", "_needs_initial_reset",
@@ -53,6 +54,7 @@ def set_runner_sampling_state(runner, states: dict[int, dict[str, Any]]) -> None
         for env, env_state in zip(vector.envs, state["envs"], strict=True):
             env.reset()  # through Gymnasium's wrappers, which refuse a step before a reset; then the saved state
             env.unwrapped.set_state(env_state)
+            forget_tokens(env)
         vector._autoreset_envs = np.array(state["autoreset"])
     for name, value in state["runner"].items():
         setattr(runner, name, value)

@@ -72,6 +72,16 @@ class TokenDeltas(gym.Wrapper):
         return {"length": np.int32(length)}, info
 
 
+def forget_tokens(env: gym.Env) -> None:
+    """After an env's state was set from outside (a restored checkpoint), the :class:`TokenDeltas` around it sends its
+    next observation whole: what it last saw is no longer what the env holds."""
+    while env is not None:
+        if isinstance(env, TokenDeltas):
+            env.tokens = np.zeros(0, dtype=np.int64)
+            return
+        env = getattr(env, "env", None)
+
+
 def window_space(compact_space: spaces.Dict, action_space: spaces.Discrete) -> spaces.Dict:
     """TextGen-v0's observation space for :class:`TokenDeltas`' compact one."""
     window = int(compact_space["length"].high)
