@@ -22,6 +22,11 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def is_packed(obs: Observation) -> bool:
+    """Whether ``obs`` holds packed episodes (:mod:`agents.lm.packing`) rather than TextGen-v0's windows."""
+    return "cu_seqlens" in obs
+
+
 def growth(prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` long: how many tokens row b of ``ids`` added to row b of ``prev_ids``; 0 where it is no extension.
 
@@ -192,7 +197,7 @@ def next_token_logits(lm: torch.nn.Module, obs: Observation, n_actions: int, pla
     Returns:
         logits ``(N, n_actions)`` in float32 and hidden states ``(N, hidden_size)`` (None unless ``hidden``).
     """
-    if "cu_seqlens" in obs:
+    if is_packed(obs):
         from agents.lm.packing import packed_next_token_logits  # packing builds on this module's run_lm
         return packed_next_token_logits(lm, obs, n_actions, hidden)
     ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()

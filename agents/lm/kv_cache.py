@@ -77,14 +77,13 @@ class RolloutKVCache:
         same_rows = self.ids is not None and self.ids.shape == ids.shape and self.weights_version == weights_version
         if same_rows and torch.equal(ids, self.ids) and torch.equal(mask, self.mask) and self.hidden_kept >= hidden:
             return self.logits, self.hidden  # the same observations again (SB3 bootstraps, then steps, on one obs)
+        held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         if not same_rows:
             # A plain DynamicCache: one full-attention layer per model layer, whatever the model's config.
             self.cache, self.key_mask = DynamicCache(), mask.new_zeros(batch, 0)
             added = torch.zeros(batch, dtype=torch.long, device=ids.device)
-            held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         else:
             added = growth(self.ids, self.mask, ids, mask)
-            held = torch.zeros(batch, dtype=torch.bool, device=ids.device)
             if not bool((added == 1).all()):
                 # Rows that did not change (an episode that ended while others run on): their last results stand.
                 held = (added == 0) & (ids == self.ids).all(-1) & (mask == self.mask).all(-1)

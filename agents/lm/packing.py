@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from agents.lm.forward import Observation, accepts_logits_to_keep, base_model_class, run_lm
+from agents.lm.forward import Observation, accepts_logits_to_keep, base_model_class, is_packed, run_lm
 
-PACKED_KEYS = ("input_ids", "cu_seqlens", "step_sequence", "step_length")
-
-
-def is_packed(obs: Observation) -> bool:
-    return "cu_seqlens" in obs
+__all__ = ["is_packed", "pack", "packed_next_token_logits", "packs_sequences", "row_layout", "windows"]
 
 
 def pack(sequences: list[torch.Tensor], step_sequence: torch.Tensor, step_length: torch.Tensor) -> Observation:
@@ -96,20 +92,15 @@ def packed_next_token_logits(lm: torch.nn.Module, obs: Observation, n_actions: i
     return logits, None if out.hidden is None else out.hidden[step_row, step_column]
 
 
+_PACKING: dict[tuple, bool] = {}  # (model class, attention implementation) -> packs_sequences
+
+
 @torch.no_grad()
 def packs_sequences(lm: torch.nn.Module) -> bool:
     """Whether ``lm`` keeps packed sequences apart (positions restarting, no mask): checked once per model class
     and attention implementation by running two short sequences packed, apart, and packed under a plain causal
     mask (which lets the second attend to the first). Older transformers and some remote-code models do not."""
-    config = getattr(lm, "config", None)
-    return _packs_sequences(base_model_class(lm), getattr(config, "_attn_implementation", None), lm)
-
-
-_PACKING: dict[tuple, bool] = {}  # (model class, attention implementation) -> packs_sequences
-
-
-def _packs_sequences(model_class: type, attention: str | None, lm: torch.nn.Module) -> bool:
-    key = (model_class, attention)
+    key = (base_model_class(lm), getattr(getattr(lm, "config", None), "_attn_implementation", None))
     if key not in _PACKING:
         device = next(lm.parameters()).device
         vocabulary = lm.get_input_embeddings().num_embeddings
@@ -121,3 +112,4 @@ def _packs_sequences(model_class: type, attention: str | None, lm: torch.nn.Modu
         causal = run_lm(lm, ids, torch.ones_like(ids), positions, hidden=False).logits[0, 5:].float()
         _PACKING[key] = bool((packed - alone).abs().max() * 10 < (packed - causal).abs().max())
     return _PACKING[key]
+

@@ -33,6 +33,8 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 
+from lm_gym.env import place_prompt
+
 TOKENS = "lm_gym/tokens"  # info: (start, ids): the observation's tokens are the previous ones up to start, then ids
 PREFIX = "lm_gym/prefix"  # info of a continued chunk's first step: the tokens it starts from
 PAD = "lm_gym/pad"  # info at reset: the env's padding id
@@ -89,14 +91,6 @@ def window_space(compact_space: spaces.Dict, action_space: spaces.Discrete) -> s
                         "attention_mask": spaces.Box(0, 1, (window,), np.int64)})
 
 
-def left_padded(tokens: np.ndarray, window: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full(window, pad, dtype=np.int64)
-    mask = np.zeros(window, dtype=np.int64)
-    if len(tokens):
-        ids[-len(tokens):], mask[-len(tokens):] = tokens, 1
-    return ids, mask
-
-
 def apply_delta(tokens: np.ndarray, length: int, info: dict[str, Any] | None, action: int | None) -> np.ndarray:
     """The tokens of an observation of ``length`` tokens, from the previous observation's ``tokens``."""
     delta = (info or {}).get(TOKENS)
@@ -147,7 +141,8 @@ class WindowsFromTokens(ConnectorV2):
                 self.running.pop(episode.id_, None)
             else:
                 self.running[episode.id_] = (tokens, pad)
-            ids, mask = left_padded(tokens, self.window, pad)
+            ids, mask = np.empty(self.window, dtype=np.int64), np.empty(self.window, dtype=np.int64)
+            place_prompt(ids, mask, tokens, pad)
             self.add_batch_item(batch, Columns.OBS, {"input_ids": ids, "attention_mask": mask}, episode)
         if len(self.chunks_seen) > 4 * len(self.running) + 1024:  # forget chunks of episodes that ended
             self.chunks_seen = {key for key in self.chunks_seen if key[0] in self.running}
@@ -184,7 +179,7 @@ class TokensToWindows(ConnectorV2):
             for t, length in enumerate(lengths):
                 if t:
                     tokens = apply_delta(tokens, int(length), infos[t], int(actions[t - 1]))
-                ids[lookback + t], mask[lookback + t] = left_padded(tokens, window, pad)
+                place_prompt(ids[lookback + t], mask[lookback + t], tokens, pad)
             ids[:lookback], mask[:lookback] = ids[lookback], mask[lookback]  # lookback steps: not trained on
             episode.observations = InfiniteLookbackBuffer({"input_ids": ids, "attention_mask": mask}, lookback, space)
             episode.observation_space = space

@@ -13,9 +13,8 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from agents.lm.actor_critic import MASKED_LOGIT, LMActorCritic, eos_token_ids, sample_tokens
-from agents.lm.forward import check_token_observation, forward_plan
+from agents.lm.forward import check_token_observation, forward_plan, is_packed
 from agents.lm.kv_cache import RolloutKVCache
-from agents.lm.packing import is_packed
 from agents.sb3.nlpo import TopPMask
 from agents.sb3.store_cost import check_rollout_store, rollout_buffer_being_built
 from lm_gym.models import ModelRef

@@ -13,6 +13,8 @@ Two uses, both at ``on_rollout_end``, before the update:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from sb3_contrib import TRPO
@@ -48,22 +50,27 @@ def observation_batches(buffer: RolloutBuffer, device: torch.device | str, batch
         yield part, {key: torch.as_tensor(value[part], device=device) for key, value in observations.items()}
 
 
-def buffer_masks(buffer: RolloutBuffer, steps: np.ndarray | slice | None = None) -> np.ndarray | None:
-    """The env's action masks stored in the buffer (MaskablePPO) for env-major flat ``steps`` (default: all, as
-    ``(n_steps, n_envs, vocab)``), or None where they allow every token."""
+def step_masks(buffer: RolloutBuffer) -> Callable[[np.ndarray | slice], np.ndarray | None]:
+    """The env's action masks stored in the buffer (MaskablePPO) as a lookup of env-major flat steps; it gives None
+    where they allow every token. SB3's float masks are checked and flattened once, here."""
     if isinstance(buffer, MaskableEpisodeRolloutBuffer):
-        if steps is None:
-            return buffer.action_masks if buffer.restricts_actions else None
-        return buffer.masks_of(steps)
+        return buffer.masks_of
     masks = getattr(buffer, "action_masks", None)
-    if masks is None or np.all(masks):
-        return None
-    return masks if steps is None else env_major(masks)[steps]
+    flat = None if masks is None or np.all(masks) else env_major(masks)
+    return lambda steps: None if flat is None else flat[steps]
+
+
+def restricts_actions(buffer: RolloutBuffer) -> bool:
+    """Whether any stored action mask bans a token."""
+    if isinstance(buffer, MaskableEpisodeRolloutBuffer):
+        return buffer.restricts_actions
+    masks = getattr(buffer, "action_masks", None)
+    return masks is not None and not np.all(masks)
 
 
 def uses_masks(policy: LMActorCriticPolicy, buffer: RolloutBuffer) -> bool:
     """Whether the stored log-probs were normalised over a subset of the vocabulary."""
-    return policy.nlpo is not None or buffer_masks(buffer) is not None
+    return policy.nlpo is not None or restricts_actions(buffer)
 
 
 @torch.no_grad()
@@ -81,10 +88,11 @@ def policy_log_probs(policy: LMActorCriticPolicy, buffer: RolloutBuffer, masked:
     steps = observation_batches(buffer, policy.device, batch_size, batches)
     if not masked:
         return log_probs_in(lambda obs: policy.logits_and_hidden(obs)[0], steps, actions).reshape(n_envs, n_steps).T
+    masks = step_masks(buffer)
     out = np.empty(len(actions), dtype=np.float32)
     for part, obs in steps:
         chosen = torch.as_tensor(actions[part], device=policy.device).long()
-        _, log_prob, _ = policy.evaluate_actions(obs, chosen, buffer_masks(buffer, part))
+        _, log_prob, _ = policy.evaluate_actions(obs, chosen, masks(part))
         out[part] = log_prob.float().cpu().numpy()
     return out.reshape(n_envs, n_steps).T
 
